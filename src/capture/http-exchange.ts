@@ -1,0 +1,35 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+/** The parts of a request/response pair the module needs, read the same way on Express and Fastify. */
+export interface HttpExchange {
+  request: IncomingMessage;
+  response: ServerResponse;
+  method: string;
+  /** Concrete path and query string as sent. */
+  url: string;
+  /** The body as the platform's parser left it. */
+  body: unknown;
+  /** The request carried a body (a Content-Length above 0 or a Transfer-Encoding). */
+  hasBody: boolean;
+  contentType?: string;
+  contentLength?: string;
+}
+
+/**
+ * Both platforms sit on Node's `http` objects: Express extends them, Fastify wraps them (`raw`).
+ * Everything the module reads or patches is on those Node objects, so one code path serves both.
+ */
+export function toHttpExchange(request: any, response: any): HttpExchange {
+  const raw: IncomingMessage = request.raw ?? request;
+  const length = raw.headers['content-length'];
+  return {
+    request: raw,
+    response: response.raw ?? response,
+    method: raw.method ?? 'GET',
+    url: request.originalUrl ?? raw.url ?? '/',
+    body: request.body,
+    hasBody: raw.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0'),
+    contentType: raw.headers['content-type'],
+    contentLength: length,
+  };
+}

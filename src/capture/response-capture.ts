@@ -1,0 +1,161 @@
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+
+/** A response as the application finished writing it, before any byte left the process. */
+export interface CapturedResponse {
+  status: number;
+  headers: OutgoingHttpHeaders;
+  /** The full body, or `null` when it grew past the capture limit and was streamed out unstored. */
+  body: Buffer | null;
+}
+
+/** A stored response to send again. */
+export interface ReplayedResponse {
+  status: number;
+  headers: Record<string, string | string[]>;
+  body: Buffer;
+}
+
+type WriteCallback = (error?: Error | null) => void;
+
+interface PatchedMethods {
+  writeHead: ServerResponse['writeHead'];
+  write: ServerResponse['write'];
+  end: ServerResponse['end'];
+}
+
+/**
+ * Holds back everything written to `response` (status, headers, body) until `onEnd` has settled,
+ * then sends it. Patching the Node response object puts the capture below Nest's serialisation,
+ * exception filters and the platform (Express or Fastify), so what is stored is what goes out.
+ *
+ * A body past `maxBytes` stops being buffered: what was held is flushed, the rest streams through,
+ * and `onEnd` receives `body: null`; the end of the response still waits for `onEnd`.
+ */
+export function captureResponse(
+  response: ServerResponse,
+  maxBytes: number,
+  onEnd: (captured: CapturedResponse) => Promise<void>,
+): void {
+  const original = saveMethods(response);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let streaming = false;
+  let ended = false;
+
+  const startStreaming = () => {
+    streaming = true;
+    const held = Buffer.concat(chunks);
+    chunks.length = 0;
+    (original.write as (chunk: Buffer) => boolean).call(response, held);
+  };
+
+  response.writeHead = function (this: ServerResponse, ...args: any[]) {
+    if (streaming) return (original.writeHead as any).apply(response, args);
+    recordHead(response, args);
+    return response;
+  } as ServerResponse['writeHead'];
+
+  response.write = function (chunk: any, encoding?: any, callback?: any) {
+    if (ended) return false;
+    if (streaming) return original.write.call(response, chunk, encoding, callback);
+    const buffer = toBuffer(chunk, encoding);
+    chunks.push(buffer);
+    size += buffer.length;
+    if (size > maxBytes) startStreaming();
+    settle(typeof encoding === 'function' ? encoding : callback);
+    return true;
+  } as ServerResponse['write'];
+
+  response.end = function (chunk?: any, encoding?: any, callback?: any) {
+    if (ended) return response;
+    ended = true;
+    if (typeof chunk === 'function') [chunk, callback] = [undefined, chunk];
+    if (typeof encoding === 'function') [encoding, callback] = [undefined, encoding];
+    let tail: Buffer | undefined;
+    if (chunk !== undefined && chunk !== null) {
+      const buffer = toBuffer(chunk, encoding);
+      if (streaming) tail = buffer;
+      else {
+        chunks.push(buffer);
+        size += buffer.length;
+      }
+    }
+    if (!streaming && size > maxBytes) startStreaming();
+    const body = streaming ? null : Buffer.concat(chunks);
+    const captured: CapturedResponse = { status: response.statusCode, headers: response.getHeaders(), body };
+    // Whatever onEnd does (it must not throw), the client gets its answer afterwards.
+    void onEnd(captured)
+      .catch(() => undefined)
+      .then(() => {
+        restoreMethods(response, original);
+        response.end(body ?? tail, callback);
+      });
+    return response;
+  } as ServerResponse['end'];
+}
+
+/**
+ * Makes `response` send `stored` instead of whatever the application writes: the application's
+ * headers are dropped except those named in `keep` (e.g. a request id set by middleware for
+ * this request), and `extraHeaders` are added.
+ */
+export function replayResponse(
+  response: ServerResponse,
+  stored: ReplayedResponse,
+  keep: ReadonlySet<string>,
+  extraHeaders: Record<string, string>,
+): void {
+  const original = saveMethods(response);
+  response.writeHead = (() => response) as unknown as ServerResponse['writeHead'];
+  response.write = ((_chunk: unknown, encoding?: unknown, callback?: unknown) => {
+    settle((typeof encoding === 'function' ? encoding : callback) as WriteCallback | undefined);
+    return true;
+  }) as ServerResponse['write'];
+  response.end = ((...args: unknown[]) => {
+    restoreMethods(response, original);
+    for (const name of response.getHeaderNames()) if (!keep.has(name)) response.removeHeader(name);
+    for (const [name, value] of Object.entries(stored.headers)) response.setHeader(name, value);
+    for (const [name, value] of Object.entries(extraHeaders)) response.setHeader(name, value);
+    response.statusCode = stored.status;
+    const callback = args.find((arg) => typeof arg === 'function') as WriteCallback | undefined;
+    return response.end(stored.body, callback);
+  }) as ServerResponse['end'];
+}
+
+function saveMethods(response: ServerResponse): PatchedMethods {
+  // Own properties win over the prototype's: keep what other middleware (e.g. compression) patched.
+  return { writeHead: response.writeHead, write: response.write, end: response.end };
+}
+
+function restoreMethods(response: ServerResponse, original: PatchedMethods): void {
+  response.writeHead = original.writeHead;
+  response.write = original.write;
+  response.end = original.end;
+}
+
+/** Applies `writeHead(status[, message][, headers])` to the response object without sending it. */
+function recordHead(response: ServerResponse, args: any[]): void {
+  const [status, second, third] = args;
+  response.statusCode = status;
+  let headers = third;
+  if (typeof second === 'string') response.statusMessage = second;
+  else headers = second;
+  if (Array.isArray(headers)) {
+    const pairs: [string, unknown][] = Array.isArray(headers[0])
+      ? headers
+      : headers.flatMap((value, i) => (i % 2 === 0 ? [[value, headers[i + 1]]] : []));
+    for (const [name, value] of pairs) response.appendHeader(name, value as string);
+  } else if (headers) {
+    for (const [name, value] of Object.entries(headers)) if (value !== undefined) response.setHeader(name, value as string);
+  }
+}
+
+function toBuffer(chunk: unknown, encoding?: unknown): Buffer {
+  if (Buffer.isBuffer(chunk)) return chunk;
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  return Buffer.from(String(chunk), typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+}
+
+function settle(callback: WriteCallback | undefined): void {
+  if (callback) process.nextTick(callback);
+}

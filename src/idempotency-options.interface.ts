@@ -1,0 +1,46 @@
+import type { IdempotencyErrorBody, IdempotencyErrorDetails } from './idempotency.exceptions';
+
+/** Resolves the caller ("API key") that records are scoped to; `undefined` means unresolved. */
+export type IdempotencyScopeResolver = (request: any) => string | undefined | Promise<string | undefined>;
+
+/** Options of `IdempotencyModule.forRoot()`; every one is optional. */
+export interface IdempotencyModuleOptions {
+  /** How long a key is remembered, in milliseconds, from its first claim. @default 86_400_000 (24 h) */
+  ttl?: number;
+  /** How long an in-flight claim is held without renewal before a retry may take it over, in ms. @default 30_000 */
+  lease?: number;
+  /** Resolves the caller scope. @default SHA-256 hex of the `Authorization: Bearer` token */
+  scope?: IdempotencyScopeResolver;
+  /** What to do when the scope resolves to nothing: reject with 401, or run the handler without idempotency. @default 'reject' */
+  onUnresolvedScope?: 'reject' | 'bypass';
+  /** Status for a key reused with a different request (409 as Stripe and Patomic; 422 as the IETF draft). @default 409 */
+  conflictStatus?: 409 | 422;
+  /** Largest response body stored for replay, in bytes; larger answers are sent but not stored. @default 1_048_576 */
+  maxResponseBytes?: number;
+  /** Extra response headers that are neither stored nor replayed (lower case). @default ['x-request-id'] */
+  excludeHeaders?: string[];
+  /** Renders the module's errors; the default renders the Patomic envelope. */
+  formatError?: (error: IdempotencyErrorDetails) => unknown;
+  /** Builds the `docs_url` of an error code. @default code => `https://docs.patomic.dev/errors/<code-with-dashes>` */
+  docsUrl?: (code: string) => string;
+  /** Interval of the scheduled purge of expired records, in ms; 0 turns it off. @default 600_000 (10 min) */
+  purgeInterval?: number;
+  /** Rows deleted per purge statement, so a purge never holds many row locks at once. @default 1_000 */
+  purgeBatchSize?: number;
+  /** Name of the host's TypeORM DataSource to use. @default the default DataSource */
+  dataSource?: string;
+}
+
+/** `IdempotencyModuleOptions` with every default applied. */
+export type ResolvedIdempotencyOptions = Required<Omit<IdempotencyModuleOptions, 'dataSource' | 'formatError'>> & {
+  dataSource?: string;
+  formatError: (error: IdempotencyErrorDetails) => unknown;
+};
+
+/** Per-route options of `@Idempotent()`. */
+export interface IdempotentRouteOptions {
+  /** Reject requests that carry no `Idempotency-Key` with 400 `missing_idempotency_key`. @default false */
+  required?: boolean;
+}
+
+export type { IdempotencyErrorBody, IdempotencyErrorDetails };

@@ -1,0 +1,67 @@
+import { type DynamicModule, Module } from '@nestjs/common';
+import { APP_INTERCEPTOR } from '@nestjs/core';
+import { TypeOrmModule, getDataSourceToken } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
+import { IdempotencyConfigurationError } from './idempotency.exceptions';
+import { IdempotencyInterceptor } from './idempotency.interceptor';
+import {
+  ConfigurableIdempotencyModule,
+  IDEMPOTENCY_ASYNC_OPTIONS_TYPE,
+  IDEMPOTENCY_MODULE_OPTIONS,
+  IDEMPOTENCY_OPTIONS_TYPE,
+} from './idempotency.module-definition';
+import type { IdempotencyModuleOptions } from './idempotency-options.interface';
+import { RESOLVED_IDEMPOTENCY_OPTIONS, resolveOptions } from './idempotency-options';
+import { IdempotencyPurgeTask } from './idempotency-purge.task';
+import { IdempotencyService } from './idempotency.service';
+import { IdempotencyKeyEntity } from './store/idempotency-key.entity';
+import { IdempotencyStore } from './store/idempotency.store';
+import { PostgresIdempotencyStore } from './store/postgres-idempotency.store';
+
+/**
+ * Stripe-grade `Idempotency-Key` handling on PostgreSQL. Import it next to `TypeOrmModule` and
+ * mark routes with `@Idempotent()`; it uses the host's DataSource and opens no connection of its own.
+ */
+@Module({})
+export class IdempotencyModule extends ConfigurableIdempotencyModule {
+  /** Registers the module; every option is optional. */
+  static override forRoot(options: typeof IDEMPOTENCY_OPTIONS_TYPE = {}): DynamicModule {
+    return withProviders(super.forRoot(options), options.dataSource);
+  }
+
+  /** Registers the module with options from a factory, class or existing provider. */
+  static override forRootAsync(options: typeof IDEMPOTENCY_ASYNC_OPTIONS_TYPE): DynamicModule {
+    return withProviders(super.forRootAsync(options), options.dataSource);
+  }
+}
+
+function withProviders(definition: DynamicModule, dataSourceName: string | undefined): DynamicModule {
+  return {
+    ...definition,
+    imports: [...(definition.imports ?? []), TypeOrmModule.forFeature([IdempotencyKeyEntity], dataSourceName)],
+    providers: [
+      ...(definition.providers ?? []),
+      {
+        provide: RESOLVED_IDEMPOTENCY_OPTIONS,
+        useFactory: (options: IdempotencyModuleOptions) => resolveOptions(options),
+        inject: [IDEMPOTENCY_MODULE_OPTIONS],
+      },
+      {
+        provide: IdempotencyStore,
+        useFactory: (dataSource: DataSource) => {
+          if (dataSource.options.type !== 'postgres') {
+            throw new IdempotencyConfigurationError(
+              `IdempotencyModule needs a PostgreSQL DataSource; "${dataSourceName ?? 'default'}" is of type "${dataSource.options.type}". Point the "dataSource" option at a postgres DataSource.`,
+            );
+          }
+          return new PostgresIdempotencyStore(dataSource);
+        },
+        inject: [getDataSourceToken(dataSourceName)],
+      },
+      IdempotencyService,
+      IdempotencyPurgeTask,
+      { provide: APP_INTERCEPTOR, useClass: IdempotencyInterceptor },
+    ],
+    exports: [...(definition.exports ?? []), IdempotencyService, IdempotencyStore],
+  };
+}

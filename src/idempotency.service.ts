@@ -1,0 +1,21 @@
+import { Inject, Injectable } from '@nestjs/common';
+import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
+import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
+import { IdempotencyStore } from './store/idempotency.store';
+
+/** User-facing operations on the idempotency records. */
+@Injectable()
+export class IdempotencyService {
+  constructor(
+    private readonly store: IdempotencyStore,
+    @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
+  ) {}
+
+  /**
+   * Deletes every expired record that no live claim holds, in batches, and returns how many. Waits
+   * for a purge running on another instance to finish first.
+   */
+  purgeExpired(): Promise<number> {
+    return this.store.purgeExpired({ batchSize: this.options.purgeBatchSize, skipIfBusy: false });
+  }
+}

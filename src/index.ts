@@ -1,0 +1,18 @@
+export { IdempotencyModule } from './idempotency.module';
+export type { IdempotencyModuleExtras } from './idempotency.module-definition';
+export { Idempotent } from './idempotent.decorator';
+export { IdempotencyService } from './idempotency.service';
+export type { IdempotencyModuleOptions, IdempotentRouteOptions, IdempotencyScopeResolver } from './idempotency-options.interface';
+export {
+  IdempotencyErrorCode,
+  IdempotencyException,
+  IdempotencyConfigurationError,
+  formatErrorEnvelope,
+  type IdempotencyErrorBody,
+  type IdempotencyErrorDetails,
+} from './idempotency.exceptions';
+export { bearerTokenScope } from './idempotency-scope';
+export { IdempotencyKeyEntity } from './store/idempotency-key.entity';
+export { CreateIdempotencyKeys1764288000000 } from './store/create-idempotency-keys.migration';
+export { IdempotencyStore } from './store/idempotency.store';
+export type { ClaimOutcome, ClaimRequest, RecordId, RecordOwner, StoredResponse } from './store/idempotency.store';

@@ -1,0 +1,41 @@
+import { readRequestKey } from './request-key';
+
+const lines = (...values: string[]) => values.flatMap((value) => ['Idempotency-Key', value]);
+
+describe('readRequestKey', () => {
+  it('finds the header whatever its case', () => {
+    expect(readRequestKey(['idempotency-KEY', 'abc'])).toEqual({ kind: 'valid', key: 'abc' });
+  });
+
+  it('is absent when no line carries it', () => {
+    expect(readRequestKey(['Content-Type', 'application/json'])).toEqual({ kind: 'absent' });
+  });
+
+  it.each([
+    ['empty', ''],
+    ['only spaces', '   '],
+    ['256 characters', 'a'.repeat(256)],
+    ['non-ASCII', 'clé'],
+    ['a control character', 'a\x01b'],
+    ['empty quotes', '""'],
+  ])('rejects a value that is %s', (_name, value) => {
+    expect(readRequestKey(lines(value))).toEqual({ kind: 'invalid' });
+  });
+
+  it('rejects two header lines, even with the same value', () => {
+    expect(readRequestKey(lines('abc', 'abc'))).toEqual({ kind: 'invalid' });
+  });
+
+  it('keeps ", " inside one line as part of a single key', () => {
+    expect(readRequestKey(lines('a, b'))).toEqual({ kind: 'valid', key: 'a, b' });
+  });
+
+  it('treats a quoted value as the bare key and trims surrounding spaces', () => {
+    expect(readRequestKey(lines(' "abc" '))).toEqual({ kind: 'valid', key: 'abc' });
+  });
+
+  it('accepts 255 printable characters', () => {
+    const key = '~'.repeat(254) + ' x'.slice(1);
+    expect(readRequestKey(lines(key))).toEqual({ kind: 'valid', key });
+  });
+});

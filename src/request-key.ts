@@ -1,0 +1,28 @@
+/** Result of reading the `Idempotency-Key` header: absent, invalid, or a valid key. */
+export type RequestKey = { kind: 'absent' } | { kind: 'invalid' } | { kind: 'valid'; key: string };
+
+const MAX_KEY_LENGTH = 255;
+const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
+
+/**
+ * Reads the key from the raw header lines (`IncomingMessage.rawHeaders`). Raw lines are needed
+ * because Node joins repeated headers with ", ", which would make two header lines look like one
+ * key that legitimately contains a comma.
+ */
+export function readRequestKey(rawHeaders: readonly string[]): RequestKey {
+  let value: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i].length === 15 && rawHeaders[i].toLowerCase() === 'idempotency-key') {
+      if (value !== undefined) return { kind: 'invalid' };
+      value = rawHeaders[i + 1];
+    }
+  }
+  if (value === undefined) return { kind: 'absent' };
+  let key = value.trim();
+  // The IETF draft sends the key as a structured-field string: "abc" is the same key as abc.
+  if (key.length >= 2 && key.startsWith('"') && key.endsWith('"')) key = key.slice(1, -1);
+  if (key.length === 0 || key.length > MAX_KEY_LENGTH || !PRINTABLE_ASCII.test(key) || key.trim().length === 0) {
+    return { kind: 'invalid' };
+  }
+  return { kind: 'valid', key };
+}

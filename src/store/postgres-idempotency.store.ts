@@ -1,0 +1,171 @@
+import type { Pool, PoolClient, QueryResultRow } from 'pg';
+import type { DataSource } from 'typeorm';
+import {
+  IdempotencyStore,
+  type ClaimOutcome,
+  type ClaimRequest,
+  type RecordOwner,
+  type StoredResponse,
+} from './idempotency.store';
+
+/** Anything that runs a parameterised statement: the pool, one pool client, or a TypeORM QueryRunner. */
+export type SqlRunner = (statement: PreparedStatement, values: unknown[]) => Promise<{ rows: QueryResultRow[]; rowCount: number }>;
+
+/** A statement with a stable name, so `pg` prepares it once per connection. */
+export interface PreparedStatement {
+  name: string;
+  text: string;
+}
+
+// A record may be taken over when its TTL is over (unless a live claim still holds it), or when
+// it is in flight, its lease has run out (the owner crashed or released it) and the request is
+// the same one. Written once and used in both the look-up and the ON CONFLICT arm below.
+const claimable = (row: string, fingerprint: string) => `(
+  (${row}.expires_at <= now() AND (${row}.response_status IS NOT NULL OR ${row}.lease_expires_at <= now()))
+  OR (${row}.response_status IS NULL AND ${row}.lease_expires_at <= now() AND ${row}.fingerprint = ${fingerprint}))`;
+
+/**
+ * The claim in one statement and one round trip. `existing` reads the current record; the INSERT
+ * runs only when there is none or it is claimable, and its ON CONFLICT arm re-checks the row it
+ * locked, so two racing claims can never both win: the unique key decides, not the read.
+ * When the read saw a claimable row but another claim won it first, no row comes back and the
+ * caller simply asks again.
+ */
+const CLAIM: PreparedStatement = {
+  name: 'idempotency_claim_v1',
+  text: `
+    WITH existing AS (
+      SELECT e.fingerprint, e.fence, e.expires_at, e.response_status, e.response_headers, e.response_body,
+             ${claimable('e', '$3')} AS claimable
+      FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2
+    ), claimed AS (
+      INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
+      SELECT $1, $2, $3, 1, now() + $4::double precision * interval '1 millisecond', now() + $5::double precision * interval '1 millisecond', now()
+      WHERE NOT EXISTS (SELECT 1 FROM existing WHERE NOT claimable)
+      ON CONFLICT (api_key_id, idem_key) DO UPDATE SET
+        fingerprint = EXCLUDED.fingerprint, fence = k.fence + 1, lease_expires_at = EXCLUDED.lease_expires_at,
+        expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at, completed_at = NULL,
+        response_status = NULL, response_headers = NULL, response_body = NULL
+      WHERE ${claimable('k', 'EXCLUDED.fingerprint')}
+      RETURNING k.fence, k.expires_at
+    )
+    SELECT true AS claimed, c.fence, c.expires_at, NULL::varchar AS fingerprint, NULL::smallint AS response_status,
+           NULL::jsonb AS response_headers, NULL::bytea AS response_body, false AS claimable
+    FROM claimed c
+    UNION ALL
+    SELECT false, e.fence, e.expires_at, e.fingerprint, e.response_status, e.response_headers, e.response_body, e.claimable
+    FROM existing e WHERE NOT EXISTS (SELECT 1 FROM claimed)`,
+};
+
+const OWNED = `api_key_id = $1 AND idem_key = $2 AND fence = $3 AND response_status IS NULL`;
+
+const RENEW: PreparedStatement = {
+  name: 'idempotency_renew_v1',
+  text: `UPDATE idempotency_keys SET lease_expires_at = now() + $4::double precision * interval '1 millisecond' WHERE ${OWNED}`,
+};
+
+const COMPLETE: PreparedStatement = {
+  name: 'idempotency_complete_v1',
+  text: `UPDATE idempotency_keys
+         SET response_status = $4, response_headers = $5, response_body = $6, completed_at = now(), lease_expires_at = NULL
+         WHERE ${OWNED}`,
+};
+
+// Releasing ends the record's life now instead of deleting it, so its fencing token survives and
+// the next claim bumps it: an old owner can never match the record of a later claim.
+const RELEASE: PreparedStatement = {
+  name: 'idempotency_release_v1',
+  text: `UPDATE idempotency_keys SET expires_at = now(), lease_expires_at = now() WHERE ${OWNED}`,
+};
+
+const PURGE_BATCH: PreparedStatement = {
+  name: 'idempotency_purge_batch_v1',
+  text: `
+    DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+      SELECT ctid FROM idempotency_keys
+      WHERE expires_at <= now() AND (response_status IS NOT NULL OR lease_expires_at <= now())
+      LIMIT $1 FOR UPDATE SKIP LOCKED))`,
+};
+
+/** Session-level advisory lock id that lets only one instance purge at a time ("idempotency purge"). */
+const PURGE_LOCK_ID = 7_305_219_447_001;
+
+/** How many times a claim is re-asked after losing a race for a claimable row. */
+const CLAIM_ATTEMPTS = 5;
+
+/**
+ * The PostgreSQL store. It borrows the pool of the host's TypeORM DataSource and talks to it
+ * with prepared statements: no entity hydration or query building on the request path.
+ */
+export class PostgresIdempotencyStore extends IdempotencyStore {
+  constructor(private readonly dataSource: DataSource) {
+    super();
+  }
+
+  /** Runs statements on the DataSource's pool. */
+  readonly run: SqlRunner = async (statement, values) => {
+    const result = await this.pool().query({ name: statement.name, text: statement.text, values });
+    return { rows: result.rows, rowCount: result.rowCount ?? 0 };
+  };
+
+  async claim(request: ClaimRequest, run: SqlRunner = this.run): Promise<ClaimOutcome> {
+    const values = [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
+    for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
+      const [row] = (await run(CLAIM, values)).rows;
+      if (!row || row.claimable) continue;
+      if (row.claimed) return { kind: 'claimed', owner: { scope: request.scope, key: request.key, fence: row.fence }, expiresAt: row.expires_at };
+      if (row.response_status === null) return { kind: 'in_flight', fingerprint: row.fingerprint, expiresAt: row.expires_at };
+      const response: StoredResponse = { status: row.response_status, headers: row.response_headers ?? {}, body: row.response_body };
+      return { kind: 'completed', fingerprint: row.fingerprint, response, expiresAt: row.expires_at };
+    }
+    // Lost the race for a claimable row every time: someone else holds it now.
+    return { kind: 'in_flight', fingerprint: request.fingerprint, expiresAt: new Date() };
+  }
+
+  async renew(owner: RecordOwner, lease: number): Promise<boolean> {
+    return (await this.run(RENEW, [...ownerValues(owner), lease])).rowCount === 1;
+  }
+
+  async complete(owner: RecordOwner, response: StoredResponse, run: SqlRunner = this.run): Promise<boolean> {
+    const values = [...ownerValues(owner), response.status, response.headers, response.body];
+    return (await run(COMPLETE, values)).rowCount === 1;
+  }
+
+  async release(owner: RecordOwner): Promise<boolean> {
+    return (await this.run(RELEASE, ownerValues(owner))).rowCount === 1;
+  }
+
+  async purgeExpired(options: { batchSize: number; skipIfBusy: boolean }): Promise<number> {
+    // An advisory lock belongs to a session, so lock, purge and unlock on one connection.
+    const client: PoolClient = await this.pool().connect();
+    try {
+      if (options.skipIfBusy) {
+        const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS locked', [PURGE_LOCK_ID]);
+        if (!rows[0].locked) return 0;
+      } else {
+        await client.query('SELECT pg_advisory_lock($1)', [PURGE_LOCK_ID]);
+      }
+      try {
+        let total = 0;
+        for (;;) {
+          // Each batch commits on its own, so no batch holds its row locks for long.
+          const result = await client.query({ name: PURGE_BATCH.name, text: PURGE_BATCH.text, values: [options.batchSize] });
+          total += result.rowCount ?? 0;
+          if ((result.rowCount ?? 0) < options.batchSize) return total;
+        }
+      } finally {
+        await client.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_ID]);
+      }
+    } finally {
+      client.release();
+    }
+  }
+
+  private pool(): Pool {
+    return (this.dataSource.driver as unknown as { master: Pool }).master;
+  }
+}
+
+function ownerValues(owner: RecordOwner): unknown[] {
+  return [owner.scope, owner.key, owner.fence];
+}

@@ -1,0 +1,269 @@
+import {
+  type ArgumentsHost,
+  Body,
+  Catch,
+  Controller,
+  type CanActivate,
+  type ExceptionFilter,
+  ForbiddenException,
+  Get,
+  Headers,
+  HttpCode,
+  HttpException,
+  Injectable,
+  type INestApplication,
+  Module,
+  NotFoundException,
+  Param,
+  type PipeTransform,
+  Post,
+  Put,
+  Redirect,
+  Res,
+  ServiceUnavailableException,
+  StreamableFile,
+  UseGuards,
+  UsePipes,
+  BadRequestException,
+  type MiddlewareConsumer,
+  type NestModule,
+} from '@nestjs/common';
+import { Test } from '@nestjs/testing';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import type { NestExpressApplication } from '@nestjs/platform-express';
+import type { Response } from 'express';
+import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { DataSource } from 'typeorm';
+import { CreateIdempotencyKeys1764288000000, Idempotent, IdempotencyModule, type IdempotencyModuleOptions } from '../../src';
+
+/** Counts handler executions and lets a test hold a handler until it says go. */
+@Injectable()
+export class Probe {
+  readonly calls = new Map<string, number>();
+  private readonly gates = new Map<string, { promise: Promise<void>; open: () => void }>();
+
+  hit(name: string): number {
+    const count = (this.calls.get(name) ?? 0) + 1;
+    this.calls.set(name, count);
+    return count;
+  }
+
+  count(name: string): number {
+    return this.calls.get(name) ?? 0;
+  }
+
+  /** A gate that `wait()` blocks on until `open()`; created on first use by either side. */
+  gate(name: string) {
+    let gate = this.gates.get(name);
+    if (!gate) {
+      let open!: () => void;
+      const promise = new Promise<void>((resolve) => (open = resolve));
+      gate = { promise, open };
+      this.gates.set(name, gate);
+    }
+    return gate;
+  }
+}
+
+@Catch(NotFoundException)
+class NotFoundFilter implements ExceptionFilter {
+  catch(exception: NotFoundException, host: ArgumentsHost) {
+    const response = host.switchToHttp().getResponse<Response>();
+    response.setHeader('x-filter', 'not-found');
+    response.status(404).type('application/problem+json').send(`{"problem":"${exception.message}","at":"filter"}`);
+  }
+}
+
+@Injectable()
+class DenyGuard implements CanActivate {
+  canActivate(context: import('@nestjs/common').ExecutionContext): boolean {
+    const request = context.switchToHttp().getRequest();
+    if (request.headers['x-deny'] === 'yes') throw new ForbiddenException('denied by guard');
+    return true;
+  }
+}
+
+@Injectable()
+class NamePipe implements PipeTransform {
+  transform(value: any) {
+    if (value && typeof value === 'object' && 'name' in value && typeof value.name !== 'string') {
+      throw new BadRequestException('name must be a string');
+    }
+    return value;
+  }
+}
+
+@Controller('things')
+export class ThingsController {
+  constructor(private readonly probe: Probe) {}
+
+  @Post() @Idempotent()
+  create(@Body() body: unknown) {
+    return { created: this.probe.hit('create'), body, random: randomUUID() };
+  }
+
+  @Post('required') @Idempotent({ required: true })
+  required() {
+    return { n: this.probe.hit('required') };
+  }
+
+  @Post('validated') @Idempotent() @UsePipes(NamePipe)
+  validated(@Body() body: unknown) {
+    return { n: this.probe.hit('validated'), body };
+  }
+
+  @Post('guarded') @Idempotent() @UseGuards(DenyGuard)
+  guarded() {
+    return { n: this.probe.hit('guarded') };
+  }
+
+  @Post('missing') @Idempotent()
+  missing(): never {
+    this.probe.hit('missing');
+    throw new NotFoundException(`thing ${randomUUID()} not found`);
+  }
+
+  @Post('crash') @Idempotent()
+  crash(): never {
+    this.probe.hit('crash');
+    throw new Error('unexpected');
+  }
+
+  @Post('flaky') @Idempotent()
+  flaky() {
+    if (this.probe.hit('flaky') === 1) throw new ServiceUnavailableException('try later');
+    return { ok: true };
+  }
+
+  @Post('teapot') @Idempotent()
+  teapot() {
+    this.probe.hit('teapot');
+    throw new HttpException({ tea: 'no', id: randomUUID() }, 418);
+  }
+
+  @Post('text') @Idempotent() @HttpCode(202)
+  text(@Res({ passthrough: true }) response: Response) {
+    response.setHeader('x-custom', `custom-${this.probe.hit('text')}`);
+    response.setHeader('location', '/things/1');
+    response.setHeader('set-cookie', 'session=abc');
+    response.type('text/plain');
+    return `plain ${randomUUID()}`;
+  }
+
+  @Post('redirect') @Idempotent() @Redirect('/things/elsewhere', 303)
+  redirect() {
+    this.probe.hit('redirect');
+  }
+
+  @Post('file') @Idempotent()
+  file() {
+    this.probe.hit('file');
+    return new StreamableFile(Buffer.from(Array.from({ length: 3000 }, (_, i) => i % 256)), { type: 'application/octet-stream' });
+  }
+
+  @Post('large') @Idempotent()
+  large() {
+    return { n: this.probe.hit('large'), padding: 'x'.repeat(5000) };
+  }
+
+  @Post('slow/:gate') @Idempotent()
+  async slow(@Param('gate') gate: string) {
+    const n = this.probe.hit(`slow:${gate}`);
+    await this.probe.gate(gate).promise;
+    return { n, gate };
+  }
+
+  @Post(':id') @Idempotent()
+  createWithId(@Param('id') id: string) {
+    return { id, n: this.probe.hit('with-id') };
+  }
+
+  @Put(':id') @Idempotent()
+  replace(@Param('id') id: string, @Body() body: unknown) {
+    return { id, body, n: this.probe.hit('replace') };
+  }
+
+  @Get(':id')
+  read(@Param('id') id: string, @Headers('x-any') _any: string) {
+    return { id, n: this.probe.hit('read') };
+  }
+}
+
+@Controller('plain')
+export class PlainController {
+  constructor(private readonly probe: Probe) {}
+
+  @Post()
+  create() {
+    return { n: this.probe.hit('plain') };
+  }
+}
+
+@Controller('whole') @Idempotent()
+export class WholeController {
+  constructor(private readonly probe: Probe) {}
+
+  @Post()
+  create() {
+    return { n: this.probe.hit('whole'), random: randomUUID() };
+  }
+
+  @Get()
+  read() {
+    return { n: this.probe.hit('whole-get') };
+  }
+}
+
+/** A running fixture app and what a test needs from it. */
+export interface FixtureApp {
+  app: INestApplication;
+  url: string;
+  probe: Probe;
+  dataSource: DataSource;
+  close(): Promise<void>;
+}
+
+/** Boots the fixture app on a real port, against the given database, with module options. */
+export async function startFixtureApp(databaseUrl: string, options: IdempotencyModuleOptions = {}): Promise<FixtureApp> {
+  @Module({
+    imports: [
+      TypeOrmModule.forRoot({
+        type: 'postgres',
+        url: databaseUrl,
+        autoLoadEntities: true,
+        migrations: [CreateIdempotencyKeys1764288000000],
+        migrationsRun: true,
+        extra: { max: 10, connectionTimeoutMillis: 2000 },
+      }),
+      IdempotencyModule.forRoot(options),
+    ],
+    controllers: [ThingsController, PlainController, WholeController],
+    providers: [Probe],
+  })
+  class FixtureModule implements NestModule {
+    configure(consumer: MiddlewareConsumer) {
+      // A host middleware that gives every request and response its own id.
+      consumer
+        .apply((request: any, response: any, next: () => void) => {
+          response.setHeader('x-request-id', request.headers['x-request-id'] ?? `req_${randomUUID()}`);
+          next();
+        })
+        .forRoutes('*path');
+    }
+  }
+
+  const moduleRef = await Test.createTestingModule({ imports: [FixtureModule] }).compile();
+  const app = moduleRef.createNestApplication<NestExpressApplication>({ logger: process.env.TEST_LOGS ? undefined : false });
+  app.useGlobalFilters(new NotFoundFilter());
+  app.useBodyParser('text');
+  await app.listen(0, '127.0.0.1');
+  const { port } = app.getHttpServer().address() as AddressInfo;
+  return {
+    app,
+    url: `http://127.0.0.1:${port}`,
+    probe: app.get(Probe),
+    dataSource: app.get(DataSource),
+    close: () => app.close(),
+  };
+}
