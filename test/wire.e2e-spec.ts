@@ -1,7 +1,8 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { createTestDatabase } from './support/test-database';
 import { startFixtureApp, type FixtureApp } from './support/fixture-app';
-import { authed, send, type WireResponse } from './support/http-client';
+import { authed, scopeOf, send, type WireResponse } from './support/http-client';
+import { waitFor } from './support/wait-for';
 
 // Wire behaviour W1–W8, W11 and the details of SPEC §2a, on one fixture app.
 describe('Idempotency-Key on the wire', () => {
@@ -23,7 +24,7 @@ describe('Idempotency-Key on the wire', () => {
 
   const post = (path: string, key?: string, body?: unknown, extra: [string, string][] = []) =>
     send(fixture.url, { path, headers: authed(token, key, extra), body });
-  const recordCount = async (scope = sha256(token)) =>
+  const recordCount = async (scope = scopeOf(token)) =>
     Number((await fixture.dataSource.query('SELECT count(*) AS n FROM idempotency_keys WHERE api_key_id = $1', [scope]))[0].n);
   const errorOf = (response: WireResponse) => response.json?.error;
 
@@ -144,9 +145,9 @@ describe('Idempotency-Key on the wire', () => {
       await post('/things', randomUUID(), { a: 1 });
       const rows = await fixture.dataSource.query(
         `SELECT api_key_id FROM idempotency_keys WHERE api_key_id = $1 OR position($2 in api_key_id || idem_key || fingerprint || coalesce(encode(response_body, 'escape'), '') || coalesce(response_headers::text, '')) > 0`,
-        [sha256(token), token],
+        [scopeOf(token), token],
       );
-      expect(rows).toEqual([{ api_key_id: sha256(token) }]);
+      expect(rows).toEqual([{ api_key_id: scopeOf(token) }]);
     });
 
     it('matches the Bearer scheme case-insensitively', async () => {
@@ -334,7 +335,7 @@ describe('Idempotency-Key on the wire', () => {
       const second = await post('/things', key, { a: 1 });
       expect(first.status).toBe(201);
       expect(second.headers['idempotency-replayed']).toBe('true');
-      const stored = await fixture.dataSource.query('SELECT idem_key FROM idempotency_keys WHERE api_key_id = $1', [sha256(token)]);
+      const stored = await fixture.dataSource.query('SELECT idem_key FROM idempotency_keys WHERE api_key_id = $1', [scopeOf(token)]);
       expect(stored).toEqual([{ idem_key: key }]);
     });
 
@@ -353,7 +354,7 @@ describe('Idempotency-Key on the wire', () => {
       expect(first.headers['x-request-id']).toBe('req_first');
       expect(second.headers['x-request-id']).toBe('req_second');
       expect(second.headers.date).toBeDefined();
-      const [row] = await fixture.dataSource.query('SELECT response_headers FROM idempotency_keys WHERE api_key_id = $1', [sha256(token)]);
+      const [row] = await fixture.dataSource.query('SELECT response_headers FROM idempotency_keys WHERE api_key_id = $1', [scopeOf(token)]);
       expect(Object.keys(row.response_headers).sort()).toEqual(['content-length', 'content-type', 'etag', 'location', 'x-custom', 'x-powered-by']);
     });
 
@@ -402,15 +403,3 @@ describe('Idempotency-Key on the wire', () => {
     });
   });
 });
-
-function sha256(value: string): string {
-  return createHash('sha256').update(value).digest('hex');
-}
-
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}

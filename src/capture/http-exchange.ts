@@ -9,7 +9,7 @@ export interface HttpExchange {
   url: string;
   /** The body as the platform's parser left it. */
   body: unknown;
-  /** The request carried a body (a Content-Length above 0 or a Transfer-Encoding). */
+  /** The request carried a body. */
   hasBody: boolean;
   contentType?: string;
   contentLength?: string;
@@ -28,7 +28,9 @@ export function toHttpExchange(request: any, response: any): HttpExchange {
     method: raw.method ?? 'GET',
     url: request.originalUrl ?? raw.url ?? '/',
     body: request.body,
-    hasBody: raw.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0'),
+    // A chunked request counts as having a body only if a parser found one in it: an empty
+    // chunked request is the same request as one with no body.
+    hasBody: (length !== undefined && length !== '0') || (raw.headers['transfer-encoding'] !== undefined && request.body !== undefined),
     contentType: raw.headers['content-type'],
     contentLength: length,
   };

@@ -171,7 +171,7 @@ export class ThingsController {
   async slow(@Param('gate') gate: string) {
     const n = this.probe.hit(`slow:${gate}`);
     await this.probe.gate(gate).promise;
-    return { n, gate };
+    return { n, gate, random: randomUUID() };
   }
 
   @Post(':id') @Idempotent()

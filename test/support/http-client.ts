@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 
 /** An answer as it came over the wire. */
@@ -61,4 +62,9 @@ export function authed(token: string, key?: string, extra: [string, string][] = 
   const lines: [string, string][] = [['Authorization', `Bearer ${token}`]];
   if (key !== undefined) lines.push(['Idempotency-Key', key]);
   return [...lines, ...extra];
+}
+
+/** The scope the module stores for a bearer token by default: its SHA-256 hex. */
+export function scopeOf(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
 }

@@ -1,0 +1,231 @@
+import { randomUUID } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
+import { fingerprintRequest } from '../src/fingerprint';
+import { IdempotencyStore } from '../src';
+import { startFixtureApp, type FixtureApp } from './support/fixture-app';
+import { authed, scopeOf, send, type WireResponse } from './support/http-client';
+import { createTestDatabase, type TestDatabase } from './support/test-database';
+import { waitFor } from './support/wait-for';
+
+// W9, W12 and the lease/fencing rules of SPEC §3: several requests, several instances, faults.
+describe('Concurrency, leases and faults', () => {
+  let database: TestDatabase;
+  let first: FixtureApp;
+  let second: FixtureApp;
+  let token: string;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    // Two instances of the app on one database, as behind a load balancer; short leases so the
+    // renewal and takeover paths run within a test.
+    first = await startFixtureApp(database.url, { lease: 400 });
+    second = await startFixtureApp(database.url, { lease: 400 });
+  });
+  afterAll(async () => {
+    await first?.close();
+    await second?.close();
+    await database?.drop();
+  });
+  beforeEach(() => {
+    token = `tok_${randomUUID()}`;
+  });
+
+  const post = (app: FixtureApp, path: string, key: string, body?: unknown) => send(app.url, { path, headers: authed(token, key), body });
+  const row = async (key: string) =>
+    (await first.dataSource.query('SELECT * FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2', [scopeOf(token), key]))[0];
+  const handlerRuns = (name: string) => first.probe.count(name) + second.probe.count(name);
+
+  it('runs the handler exactly once for 50 concurrent requests with one key across two instances', async () => {
+    const key = randomUUID();
+    const before = handlerRuns('create');
+    const answers = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => post(i % 2 === 0 ? first : second, '/things', key, { burst: true })),
+    );
+    expect(handlerRuns('create')).toBe(before + 1);
+    const created = answers.filter((answer) => answer.status === 201);
+    const busy = answers.filter((answer) => answer.status === 409);
+    expect(created.length + busy.length).toBe(50);
+    for (const answer of busy) expect(answer.json.error.code).toBe('idempotency_key_in_use');
+    // Every 201 is the one response, first-hand or replayed.
+    const bodies = new Set(created.map((answer) => answer.body.toString('hex')));
+    expect(bodies.size).toBe(1);
+    expect(created.filter((answer) => answer.headers['idempotency-replayed'] !== 'true')).toHaveLength(1);
+    const replay = await post(second, '/things', key, { burst: true });
+    expect(replay.body.toString('hex')).toBe([...bodies][0]);
+  });
+
+  it('answers 409 in_use on the other instance while the first request is held, then replays its answer there', async () => {
+    const key = randomUUID();
+    const gate = `hold-${key}`;
+    const pending = post(first, `/things/slow/${gate}`, key);
+    await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+    const busy = await post(second, `/things/slow/${gate}`, key);
+    expect(busy.status).toBe(409);
+    expect(busy.json.error.code).toBe('idempotency_key_in_use');
+    expect(busy.headers['retry-after']).toBe('1');
+    first.probe.gate(gate).open();
+    second.probe.gate(gate).open();
+    const done = await pending;
+    const replay = await post(second, `/things/slow/${gate}`, key);
+    expect(replay.headers['idempotency-replayed']).toBe('true');
+    expect(replay.body.equals(done.body)).toBe(true);
+    expect(second.probe.count(`slow:${gate}`)).toBe(0);
+  });
+
+  it('renews the lease while the handler runs: no takeover after several lease periods', async () => {
+    const key = randomUUID();
+    const gate = `renew-${key}`;
+    const pending = post(first, `/things/slow/${gate}`, key);
+    await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+    await new Promise((resolve) => setTimeout(resolve, 1400)); // 3.5 leases of 400 ms
+    const busy = await post(second, `/things/slow/${gate}`, key);
+    expect(busy.status).toBe(409);
+    expect(second.probe.count(`slow:${gate}`)).toBe(0);
+    first.probe.gate(gate).open();
+    expect((await pending).status).toBe(201);
+    expect((await row(key)).fence).toBe(1);
+  });
+
+  it('lets a retry take over a claim whose owner died, once its lease ran out', async () => {
+    const key = randomUUID();
+    const body = { crashed: true };
+    // What a process killed mid-request leaves behind: an in-flight record nobody renews.
+    const fingerprint = fingerprintRequest({ method: 'POST', url: '/things', hasBody: true, body });
+    await first.dataSource.query(
+      `INSERT INTO idempotency_keys (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
+       VALUES ($1, $2, $3, 1, now() - interval '1 second', now() + interval '1 hour', now())`,
+      [scopeOf(token), key, fingerprint],
+    );
+    const conflicting = await post(first, '/things', key, { crashed: 'differently' });
+    expect(conflicting.status).toBe(409);
+    expect(conflicting.json.error.code).toBe('idempotency_key_conflict');
+    const retry = await post(first, '/things', key, body);
+    expect(retry.status).toBe(201);
+    expect(retry.headers['idempotency-replayed']).toBeUndefined();
+    const record = await row(key);
+    expect(record.fence).toBe(2);
+    expect(record.response_status).toBe(201);
+  });
+
+  it('never lets a handler that lost its claim overwrite the new owner (fencing)', async () => {
+    const key = randomUUID();
+    const gate = `fence-${key}`;
+    const late = post(first, `/things/slow/${gate}`, key);
+    await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+    // Simulate a stalled owner: its lease runs out without renewal and a retry takes the key.
+    await first.dataSource.query(`UPDATE idempotency_keys SET lease_expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [scopeOf(token), key]);
+    const takeover = post(second, `/things/slow/${gate}`, key);
+    await waitFor(() => second.probe.count(`slow:${gate}`) === 1);
+    first.probe.gate(gate).open();
+    const lateAnswer = await late;
+    expect(lateAnswer.status).toBe(201);
+    expect((await row(key)).response_status).toBeNull();
+    second.probe.gate(gate).open();
+    const ownerAnswer = await takeover;
+    const replay = await post(first, `/things/slow/${gate}`, key);
+    expect(replay.body.equals(ownerAnswer.body)).toBe(true);
+    expect(replay.body.equals(lateAnswer.body)).toBe(false);
+    expect((await row(key)).fence).toBe(2);
+  });
+
+  it('checks the fencing token on renew, complete and release in the store', async () => {
+    const store = first.app.get(IdempotencyStore);
+    const id = { scope: scopeOf(token), key: randomUUID(), fingerprint: 'f'.repeat(64), ttl: 60_000 };
+    const old = await store.claim({ ...id, lease: 1 });
+    expect(old.kind).toBe('claimed');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const current = await store.claim({ ...id, lease: 60_000 });
+    if (old.kind !== 'claimed' || current.kind !== 'claimed') throw new Error('expected two claims');
+    expect(current.owner.fence).toBe(old.owner.fence + 1);
+    const response = { status: 200, headers: {}, body: Buffer.from('stale') };
+    expect(await store.renew(old.owner, 60_000)).toBe(false);
+    expect(await store.complete(old.owner, response)).toBe(false);
+    expect(await store.release(old.owner)).toBe(false);
+    expect(await store.complete(current.owner, { ...response, body: Buffer.from('fresh') })).toBe(true);
+    expect((await row(id.key)).response_body.toString()).toBe('fresh');
+  });
+
+  it('completes the record of a client that hung up mid-request, and replays it to the retry', async () => {
+    const key = randomUUID();
+    const gate = `abort-${key}`;
+    const aborted = new Promise<void>((resolve) => {
+      const url = new URL(`/things/slow/${gate}`, first.url);
+      const outgoing = httpRequest({ method: 'POST', hostname: url.hostname, port: url.port, path: url.pathname, headers: Object.fromEntries(authed(token, key)) });
+      outgoing.on('error', () => resolve());
+      outgoing.end();
+      void waitFor(() => first.probe.count(`slow:${gate}`) === 1).then(() => {
+        outgoing.destroy();
+        resolve();
+      });
+    });
+    await aborted;
+    first.probe.gate(gate).open();
+    await waitFor(async () => (await row(key))?.response_status === 201);
+    const retry = await post(first, `/things/slow/${gate}`, key);
+    expect(retry.status).toBe(201);
+    expect(retry.headers['idempotency-replayed']).toBe('true');
+    expect(retry.json).toMatchObject({ n: 1, gate });
+  });
+
+  it('stores the record before the response leaves: the record is complete when the client reads the answer', async () => {
+    for (let i = 0; i < 20; i++) {
+      const key = randomUUID();
+      const answer = await post(first, '/things', key, { i });
+      const record = await row(key);
+      expect(record.response_status).toBe(answer.status);
+      expect(Buffer.compare(record.response_body, answer.body)).toBe(0);
+    }
+  });
+
+  it('still answers when storing the response fails, and keeps the key in flight so no retry runs the handler', async () => {
+    const key = randomUUID();
+    const gate = `store-fails-${key}`;
+    const pending = post(first, `/things/slow/${gate}`, key);
+    await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+    // From now on no record may be completed: the UPDATE that stores a response fails.
+    await first.dataSource.query(`ALTER TABLE idempotency_keys ADD CONSTRAINT no_completion CHECK (response_status IS NULL) NOT VALID`);
+    let answer: WireResponse;
+    try {
+      first.probe.gate(gate).open();
+      answer = await pending;
+    } finally {
+      await first.dataSource.query(`ALTER TABLE idempotency_keys DROP CONSTRAINT no_completion`);
+    }
+    expect(answer.status).toBe(201);
+    const record = await row(key);
+    expect(record.response_status).toBeNull();
+    expect(record.fence).toBe(1);
+    const retry = await post(second, `/things/slow/${gate}`, key);
+    expect(retry.status).toBe(409);
+    expect(retry.json.error.code).toBe('idempotency_key_in_use');
+    expect(first.probe.count(`slow:${gate}`) + second.probe.count(`slow:${gate}`)).toBe(1);
+  });
+});
+
+describe('Responses over the size cap', () => {
+  let database: TestDatabase;
+  let app: FixtureApp;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    app = await startFixtureApp(database.url, { maxResponseBytes: 1000 });
+  });
+  afterAll(async () => {
+    await app?.close();
+    await database?.drop();
+  });
+
+  it('sends a response larger than the cap in full, does not store it, and answers its retry with a clear error', async () => {
+    const token = `tok_${randomUUID()}`;
+    const key = randomUUID();
+    const first = await send(app.url, { path: '/things/large', headers: authed(token, key) });
+    expect(first.status).toBe(201);
+    expect(first.json.padding).toHaveLength(5000);
+    const retry = await send(app.url, { path: '/things/large', headers: authed(token, key) });
+    expect(retry.status).toBe(409);
+    expect(retry.json.error.code).toBe('idempotency_response_not_stored');
+    expect(app.probe.count('large')).toBe(1);
+    const [record] = await app.dataSource.query('SELECT response_status, response_body FROM idempotency_keys WHERE idem_key = $1', [key]);
+    expect(record).toEqual({ response_status: 201, response_body: null });
+  });
+});

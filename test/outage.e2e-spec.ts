@@ -1,0 +1,57 @@
+import { randomUUID } from 'node:crypto';
+import { startFixtureApp, type FixtureApp } from './support/fixture-app';
+import { authed, send } from './support/http-client';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy';
+import { createTestDatabase, type TestDatabase } from './support/test-database';
+import { waitFor } from './support/wait-for';
+
+// W13: the database goes away and comes back while the app keeps running.
+describe('Database outage', () => {
+  let database: TestDatabase;
+  let proxy: TcpProxy;
+  let app: FixtureApp;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    const target = new URL(database.url);
+    proxy = await startTcpProxy(target.hostname, Number(target.port));
+    const viaProxy = new URL(database.url);
+    viaProxy.port = String(proxy.port);
+    app = await startFixtureApp(viaProxy.toString());
+  });
+  afterAll(async () => {
+    await app?.close();
+    await proxy?.close();
+    await database?.drop();
+  });
+
+  it('fails closed with 503 while the database is unreachable, leaves other routes alone, and recovers by itself', async () => {
+    const token = randomUUID();
+    const key = randomUUID();
+    await proxy.cut();
+    try {
+      const before = app.probe.count('create');
+      const refused = await send(app.url, { path: '/things', headers: authed(token, key), body: { a: 1 } });
+      expect(refused.status).toBe(503);
+      expect(refused.headers['retry-after']).toBe('1');
+      expect(refused.json.error).toMatchObject({ type: 'idempotency_error', code: 'idempotency_store_unavailable', param: null });
+      expect(app.probe.count('create')).toBe(before);
+
+      const untouched = await send(app.url, { path: '/plain', headers: authed(token, key) });
+      expect(untouched.status).toBe(201);
+      const keyless = await send(app.url, { path: '/things', headers: authed(token), body: { a: 1 } });
+      expect(keyless.status).toBe(201);
+    } finally {
+      await proxy.restore();
+    }
+    let recovered = await send(app.url, { path: '/things', headers: authed(token, key), body: { a: 1 } });
+    await waitFor(async () => {
+      if (recovered.status === 201) return true;
+      recovered = await send(app.url, { path: '/things', headers: authed(token, key), body: { a: 1 } });
+      return false;
+    });
+    const replay = await send(app.url, { path: '/things', headers: authed(token, key), body: { a: 1 } });
+    expect(replay.headers['idempotency-replayed']).toBe('true');
+    expect(replay.body.equals(recovered.body)).toBe(true);
+  });
+});
