@@ -2,13 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { fingerprintRequest } from '../src/fingerprint';
 import { IdempotencyStore } from '../src';
-import { startFixtureApp, type FixtureApp } from './support/fixture-app';
+import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, scopeOf, send, type WireResponse } from './support/http-client';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 import { waitFor } from './support/wait-for';
 
 // W9, W12 and the lease/fencing rules of SPEC §3: several requests, several instances, faults.
-describe('Concurrency, leases and faults', () => {
+describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
   let database: TestDatabase;
   let first: FixtureApp;
   let second: FixtureApp;
@@ -18,8 +18,8 @@ describe('Concurrency, leases and faults', () => {
     database = await createTestDatabase();
     // Two instances of the app on one database, as behind a load balancer; short leases so the
     // renewal and takeover paths run within a test.
-    first = await startFixtureApp(database.url, { lease: 400 });
-    second = await startFixtureApp(database.url, { lease: 400 });
+    first = await startFixtureApp(database.url, { lease: 400 }, platform);
+    second = await startFixtureApp(database.url, { lease: 400 }, platform);
   });
   afterAll(async () => {
     await first?.close();
@@ -202,13 +202,13 @@ describe('Concurrency, leases and faults', () => {
   });
 });
 
-describe('Responses over the size cap', () => {
+describe.each(PLATFORMS)('Responses over the size cap (%s)', (platform) => {
   let database: TestDatabase;
   let app: FixtureApp;
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    app = await startFixtureApp(database.url, { maxResponseBytes: 1000 });
+    app = await startFixtureApp(database.url, { maxResponseBytes: 1000 }, platform);
   });
   afterAll(async () => {
     await app?.close();

@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { startFixtureApp, type FixtureApp } from './support/fixture-app';
+import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, send } from './support/http-client';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 import { waitFor } from './support/wait-for';
 
 // W13: the database goes away and comes back while the app keeps running.
-describe('Database outage', () => {
+describe.each(PLATFORMS)('Database outage (%s)', (platform) => {
   let database: TestDatabase;
   let proxy: TcpProxy;
   let app: FixtureApp;
@@ -17,7 +17,7 @@ describe('Database outage', () => {
     proxy = await startTcpProxy(target.hostname, Number(target.port));
     const viaProxy = new URL(database.url);
     viaProxy.port = String(proxy.port);
-    app = await startFixtureApp(viaProxy.toString());
+    app = await startFixtureApp(viaProxy.toString(), {}, platform);
   });
   afterAll(async () => {
     await app?.close();

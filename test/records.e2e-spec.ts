@@ -3,19 +3,19 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
 import { CreateIdempotencyKeys1764288000000, IdempotencyKeyEntity, IdempotencyService, IdempotencyStore } from '../src';
-import { startFixtureApp, type FixtureApp } from './support/fixture-app';
+import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, send } from './support/http-client';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 import { waitFor } from './support/wait-for';
 
 // W10 (expiry by the database clock), the purge, and the table the migration creates.
-describe('Record lifetime', () => {
+describe.each(PLATFORMS)('Record lifetime (%s)', (platform) => {
   let database: TestDatabase;
   let app: FixtureApp;
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    app = await startFixtureApp(database.url, { ttl: 60_000, lease: 1_000, purgeBatchSize: 2, purgeInterval: 0 });
+    app = await startFixtureApp(database.url, { ttl: 60_000, lease: 1_000, purgeBatchSize: 2, purgeInterval: 0 }, platform);
   });
   afterAll(async () => {
     jest.useRealTimers();
@@ -38,7 +38,7 @@ describe('Record lifetime', () => {
   });
 
   it('expires a real record after its TTL', async () => {
-    const short = await startFixtureApp(database.url, { ttl: 600, lease: 300, purgeInterval: 0 });
+    const short = await startFixtureApp(database.url, { ttl: 600, lease: 300, purgeInterval: 0 }, platform);
     try {
       const token = randomUUID();
       const key = randomUUID();
@@ -109,7 +109,7 @@ describe('Record lifetime', () => {
     });
 
     it('runs on its own interval without the host scheduling anything', async () => {
-      const scheduled = await startFixtureApp(database.url, { purgeInterval: 50 });
+      const scheduled = await startFixtureApp(database.url, { purgeInterval: 50 }, platform);
       try {
         await waitFor(async () => (await remaining()).length === 3);
       } finally {

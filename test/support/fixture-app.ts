@@ -30,8 +30,9 @@ import {
 } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
+import { HttpAdapterHost } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
-import type { Response } from 'express';
+import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { DataSource } from 'typeorm';
@@ -68,10 +69,14 @@ export class Probe {
 
 @Catch(NotFoundException)
 class NotFoundFilter implements ExceptionFilter {
+  constructor(private readonly adapterHost: HttpAdapterHost) {}
+
   catch(exception: NotFoundException, host: ArgumentsHost) {
-    const response = host.switchToHttp().getResponse<Response>();
-    response.setHeader('x-filter', 'not-found');
-    response.status(404).type('application/problem+json').send(`{"problem":"${exception.message}","at":"filter"}`);
+    const response = host.switchToHttp().getResponse();
+    const { httpAdapter } = this.adapterHost;
+    httpAdapter.setHeader(response, 'x-filter', 'not-found');
+    httpAdapter.setHeader(response, 'content-type', 'application/problem+json');
+    httpAdapter.reply(response, `{"problem":"${exception.message}","at":"filter"}`, 404);
   }
 }
 
@@ -143,11 +148,12 @@ export class ThingsController {
   }
 
   @Post('text') @Idempotent() @HttpCode(202)
-  text(@Res({ passthrough: true }) response: Response) {
-    response.setHeader('x-custom', `custom-${this.probe.hit('text')}`);
-    response.setHeader('location', '/things/1');
-    response.setHeader('set-cookie', 'session=abc');
-    response.type('text/plain');
+  text(@Res({ passthrough: true }) response: { header(name: string, value: string): unknown }) {
+    // Express and Fastify both offer header(name, value).
+    response.header('x-custom', `custom-${this.probe.hit('text')}`);
+    response.header('location', '/things/1');
+    response.header('set-cookie', 'session=abc');
+    response.header('content-type', 'text/plain; charset=utf-8');
     return `plain ${randomUUID()}`;
   }
 
@@ -225,7 +231,15 @@ export interface FixtureApp {
 }
 
 /** Boots the fixture app on a real port, against the given database, with module options. */
-export async function startFixtureApp(databaseUrl: string, options: IdempotencyModuleOptions = {}): Promise<FixtureApp> {
+/** The HTTP platforms every e2e scenario runs on. */
+export type Platform = 'express' | 'fastify';
+export const PLATFORMS: Platform[] = ['express', 'fastify'];
+
+export async function startFixtureApp(
+  databaseUrl: string,
+  options: IdempotencyModuleOptions = {},
+  platform: Platform = 'express',
+): Promise<FixtureApp> {
   @Module({
     imports: [
       TypeOrmModule.forRoot({
@@ -254,9 +268,16 @@ export async function startFixtureApp(databaseUrl: string, options: IdempotencyM
   }
 
   const moduleRef = await Test.createTestingModule({ imports: [FixtureModule] }).compile();
-  const app = moduleRef.createNestApplication<NestExpressApplication>({ logger: process.env.TEST_LOGS ? undefined : false });
-  app.useGlobalFilters(new NotFoundFilter());
-  app.useBodyParser('text');
+  const logger = process.env.TEST_LOGS ? undefined : (false as const);
+  let app: INestApplication;
+  if (platform === 'fastify') {
+    app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger });
+  } else {
+    const express = moduleRef.createNestApplication<NestExpressApplication>({ logger });
+    express.useBodyParser('text');
+    app = express;
+  }
+  app.useGlobalFilters(new NotFoundFilter(app.get(HttpAdapterHost)));
   await app.listen(0, '127.0.0.1');
   const { port } = app.getHttpServer().address() as AddressInfo;
   return {

@@ -31,6 +31,9 @@ export function send(baseUrl: string, req: WireRequest): Promise<WireResponse> {
       lines.push('Content-Type', isRaw ? 'text/plain' : 'application/json');
     }
     lines.push('Content-Length', String(body.length));
+  } else if ((req.method ?? 'POST') !== 'GET') {
+    // Without it Node's client sends an empty chunked body, which Fastify rejects with 415.
+    lines.push('Content-Length', '0');
   }
   for (const [name, value] of req.headers ?? []) lines.push(name, value);
   return new Promise((resolve, reject) => {
