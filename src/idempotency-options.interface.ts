@@ -1,4 +1,5 @@
 import type { IdempotencyErrorBody, IdempotencyErrorDetails } from './idempotency.exceptions';
+import type { IsolationLevel } from './store/idempotency.store';
 
 /** Resolves the caller ("API key") that records are scoped to; `undefined` means unresolved. */
 export type IdempotencyScopeResolver = (request: any) => string | undefined | Promise<string | undefined>;
@@ -23,6 +24,8 @@ export interface IdempotencyModuleOptions {
   formatError?: (error: IdempotencyErrorDetails) => unknown;
   /** Builds the `docs_url` of an error code. @default code => `https://docs.patomic.dev/errors/<code-with-dashes>` */
   docsUrl?: (code: string) => string;
+  /** Isolation level of transactional routes. @default 'READ COMMITTED' */
+  isolation?: IsolationLevel;
   /** Interval of the scheduled purge of expired records, in ms; 0 turns it off. @default 600_000 (10 min) */
   purgeInterval?: number;
   /** Rows deleted per purge statement, so a purge never holds many row locks at once. @default 1_000 */
@@ -41,6 +44,13 @@ export type ResolvedIdempotencyOptions = Required<Omit<IdempotencyModuleOptions,
 export interface IdempotentRouteOptions {
   /** Reject requests that carry no `Idempotency-Key` with 400 `missing_idempotency_key`. @default false */
   required?: boolean;
+  /**
+   * Commit the claim, the handler's writes through `@IdempotencyTransaction()` and the stored
+   * response in one PostgreSQL transaction (exactly-once database side effects). @default false
+   */
+  transactional?: boolean;
+  /** Isolation level of this route's transaction. @default the module's `isolation` */
+  isolation?: IsolationLevel;
 }
 
-export type { IdempotencyErrorBody, IdempotencyErrorDetails };
+export type { IdempotencyErrorBody, IdempotencyErrorDetails, IsolationLevel };

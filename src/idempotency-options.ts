@@ -1,6 +1,7 @@
 import { IdempotencyConfigurationError, defaultDocsUrl, formatErrorEnvelope } from './idempotency.exceptions';
 import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { bearerTokenScope } from './idempotency-scope';
+import type { IsolationLevel } from './store/idempotency.store';
 
 /** Injection token of the options with their defaults applied. */
 export const RESOLVED_IDEMPOTENCY_OPTIONS = Symbol('idempotency:resolved-options');
@@ -15,9 +16,12 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource'> = {
   excludeHeaders: ['x-request-id'],
   formatError: formatErrorEnvelope,
   docsUrl: defaultDocsUrl,
+  isolation: 'READ COMMITTED',
   purgeInterval: 10 * 60 * 1000,
   purgeBatchSize: 1000,
 };
+
+const ISOLATION_LEVELS: IsolationLevel[] = ['READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE'];
 
 /** Applies the defaults once and rejects options that cannot work, saying how to fix them. */
 export function resolveOptions(options: IdempotencyModuleOptions = {}): ResolvedIdempotencyOptions {
@@ -37,6 +41,9 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
   }
   if (!Number.isInteger(resolved.purgeInterval) || resolved.purgeInterval < 0) {
     throw new IdempotencyConfigurationError(`IdempotencyModule option "purgeInterval" must be 0 (off) or a positive number of ms; got ${String(resolved.purgeInterval)}.`);
+  }
+  if (!ISOLATION_LEVELS.includes(resolved.isolation)) {
+    throw new IdempotencyConfigurationError(`IdempotencyModule option "isolation" must be one of ${ISOLATION_LEVELS.join(', ')}; got ${String(resolved.isolation)}.`);
   }
   resolved.excludeHeaders = resolved.excludeHeaders.map((name) => name.toLowerCase());
   return resolved;

@@ -9,6 +9,8 @@ export const IdempotencyErrorCode = {
   KeyInUse: 'idempotency_key_in_use',
   ResponseNotStored: 'idempotency_response_not_stored',
   StoreUnavailable: 'idempotency_store_unavailable',
+  TransactionConflict: 'transaction_conflict',
+  InternalError: 'internal_error',
 } as const;
 
 /** One of the module's error codes. */
@@ -89,6 +91,18 @@ const TEMPLATES: Record<IdempotencyErrorCode, ErrorTemplate> = {
     param: null,
     message: 'Idempotency records cannot be reached right now, so the request was not processed.',
     suggestion: 'Retry with the same Idempotency-Key after the Retry-After delay.',
+  },
+  transaction_conflict: {
+    status: 409,
+    param: null,
+    message: 'The request conflicted with a concurrent transaction and was rolled back; nothing was changed.',
+    suggestion: 'Retry with the same Idempotency-Key after the Retry-After delay.',
+  },
+  internal_error: {
+    status: 500,
+    param: null,
+    message: 'The request could not be committed, so nothing was changed and nothing was stored.',
+    suggestion: 'Retry with the same Idempotency-Key; the request will run again.',
   },
 };
 

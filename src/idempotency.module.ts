@@ -1,5 +1,5 @@
 import { type DynamicModule, Module } from '@nestjs/common';
-import { APP_INTERCEPTOR } from '@nestjs/core';
+import { APP_INTERCEPTOR, DiscoveryModule } from '@nestjs/core';
 import { TypeOrmModule, getDataSourceToken } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { IdempotencyConfigurationError } from './idempotency.exceptions';
@@ -14,6 +14,10 @@ import type { IdempotencyModuleOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS, resolveOptions } from './idempotency-options';
 import { IdempotencyPurgeTask } from './idempotency-purge.task';
 import { IdempotencyService } from './idempotency.service';
+import { IdempotencyErrors } from './idempotency-errors';
+import { LeasedRun } from './leased-run';
+import { TransactionalRoutesValidator } from './transaction/transactional-routes.validator';
+import { TransactionalRun } from './transaction/transactional-run';
 import { IdempotencyKeyEntity } from './store/idempotency-key.entity';
 import { IdempotencyStore } from './store/idempotency.store';
 import { PostgresIdempotencyStore } from './store/postgres-idempotency.store';
@@ -38,7 +42,7 @@ export class IdempotencyModule extends ConfigurableIdempotencyModule {
 function withProviders(definition: DynamicModule, dataSourceName: string | undefined): DynamicModule {
   return {
     ...definition,
-    imports: [...(definition.imports ?? []), TypeOrmModule.forFeature([IdempotencyKeyEntity], dataSourceName)],
+    imports: [...(definition.imports ?? []), DiscoveryModule, TypeOrmModule.forFeature([IdempotencyKeyEntity], dataSourceName)],
     providers: [
       ...(definition.providers ?? []),
       {
@@ -60,6 +64,10 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
       },
       IdempotencyService,
       IdempotencyPurgeTask,
+      IdempotencyErrors,
+      LeasedRun,
+      TransactionalRun,
+      TransactionalRoutesValidator,
       { provide: APP_INTERCEPTOR, useClass: IdempotencyInterceptor },
     ],
     exports: [...(definition.exports ?? []), IdempotencyService, IdempotencyStore],

@@ -1,8 +1,9 @@
 export { IdempotencyModule } from './idempotency.module';
 export type { IdempotencyModuleExtras } from './idempotency.module-definition';
 export { Idempotent } from './idempotent.decorator';
+export { IdempotencyTransaction } from './transaction/idempotency-transaction.decorator';
 export { IdempotencyService } from './idempotency.service';
-export type { IdempotencyModuleOptions, IdempotentRouteOptions, IdempotencyScopeResolver } from './idempotency-options.interface';
+export type { IdempotencyModuleOptions, IdempotentRouteOptions, IdempotencyScopeResolver, IsolationLevel } from './idempotency-options.interface';
 export {
   IdempotencyErrorCode,
   IdempotencyException,
@@ -15,4 +16,4 @@ export { bearerTokenScope } from './idempotency-scope';
 export { IdempotencyKeyEntity } from './store/idempotency-key.entity';
 export { CreateIdempotencyKeys1764288000000 } from './store/create-idempotency-keys.migration';
 export { IdempotencyStore } from './store/idempotency.store';
-export type { ClaimOutcome, ClaimRequest, RecordId, RecordOwner, StoredResponse } from './store/idempotency.store';
+export type { ClaimOutcome, ClaimRequest, RecordId, RecordOwner, StoreTransaction, StoredResponse } from './store/idempotency.store';

@@ -4,12 +4,12 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 export interface CapturedResponse {
   status: number;
   headers: OutgoingHttpHeaders;
-  /** The full body, or `null` when it grew past the capture limit and was streamed out unstored. */
+  /** The full body, or `null` when it grew past `streamPast` and was streamed out. */
   body: Buffer | null;
 }
 
-/** A stored response to send again. */
-export interface ReplayedResponse {
+/** A complete response to send in place of what the application wrote. */
+export interface ReplacementResponse {
   status: number;
   headers: Record<string, string | string[]>;
   body: Buffer;
@@ -25,17 +25,20 @@ interface PatchedMethods {
 
 /**
  * Holds back everything written to `response` (status, headers, body) until `onEnd` has settled,
- * then sends it. Patching the Node response object puts the capture below Nest's serialisation,
- * exception filters and the platform (Express or Fastify), so what is stored is what goes out.
+ * then sends it, or the replacement `onEnd` returns (keeping the headers named in `keep`). Patching the Node response object puts the
+ * capture below Nest's serialisation, exception filters and the platform (Express or Fastify), so
+ * what is stored is what goes out.
  *
- * A body past `maxBytes` stops being buffered: what was held is flushed, the rest streams through,
- * and `onEnd` receives `body: null`; the end of the response still waits for `onEnd`.
+ * A body past `streamPast` bytes stops being held: what was held is flushed, the rest streams
+ * through, and `onEnd` receives `body: null` (it can no longer replace the response); the end of
+ * the response still waits for `onEnd`. Without `streamPast` the whole body is held.
  */
 export function captureResponse(
   response: ServerResponse,
-  maxBytes: number,
-  onEnd: (captured: CapturedResponse) => Promise<void>,
+  options: { streamPast?: number; keep: ReadonlySet<string> },
+  onEnd: (captured: CapturedResponse) => Promise<ReplacementResponse | void>,
 ): void {
+  const maxBytes = options.streamPast ?? Infinity;
   const original = saveMethods(response);
   const chunks: Buffer[] = [];
   let size = 0;
@@ -83,12 +86,13 @@ export function captureResponse(
     if (!streaming && size > maxBytes) startStreaming();
     const body = streaming ? null : Buffer.concat(chunks);
     const captured: CapturedResponse = { status: response.statusCode, headers: response.getHeaders(), body };
-    // Whatever onEnd does (it must not throw), the client gets its answer afterwards.
+    // Whatever onEnd does (it must not throw), the client gets an answer afterwards.
     void onEnd(captured)
       .catch(() => undefined)
-      .then(() => {
+      .then((replacement) => {
         restoreMethods(response, original);
-        response.end(body ?? tail, callback);
+        if (replacement && !streaming) sendInstead(response, replacement, options.keep, {}, callback);
+        else response.end(body ?? tail, callback);
       });
     return response;
   } as ServerResponse['end'];
@@ -101,7 +105,7 @@ export function captureResponse(
  */
 export function replayResponse(
   response: ServerResponse,
-  stored: ReplayedResponse,
+  stored: ReplacementResponse,
   keep: ReadonlySet<string>,
   extraHeaders: Record<string, string>,
 ): void {
@@ -113,13 +117,25 @@ export function replayResponse(
   }) as ServerResponse['write'];
   response.end = ((...args: unknown[]) => {
     restoreMethods(response, original);
-    for (const name of response.getHeaderNames()) if (!keep.has(name)) response.removeHeader(name);
-    for (const [name, value] of Object.entries(stored.headers)) response.setHeader(name, value);
-    for (const [name, value] of Object.entries(extraHeaders)) response.setHeader(name, value);
-    response.statusCode = stored.status;
     const callback = args.find((arg) => typeof arg === 'function') as WriteCallback | undefined;
-    return response.end(stored.body, callback);
+    sendInstead(response, stored, keep, extraHeaders, callback);
+    return response;
   }) as ServerResponse['end'];
+}
+
+/** Replaces the status, headers (but those in `keep`) and body of a response not yet sent, and sends it. */
+function sendInstead(
+  response: ServerResponse,
+  replacement: ReplacementResponse,
+  keep: ReadonlySet<string>,
+  extraHeaders: Record<string, string>,
+  callback: WriteCallback | undefined,
+): void {
+  for (const name of response.getHeaderNames()) if (!keep.has(name)) response.removeHeader(name);
+  for (const [name, value] of Object.entries(replacement.headers)) response.setHeader(name, value);
+  for (const [name, value] of Object.entries(extraHeaders)) response.setHeader(name, value);
+  response.statusCode = replacement.status;
+  response.end(replacement.body, callback);
 }
 
 function saveMethods(response: ServerResponse): PatchedMethods {

@@ -1,3 +1,5 @@
+import type { EntityManager } from 'typeorm';
+
 /** Identifies one record: a caller scope and the key that caller sent. */
 export interface RecordId {
   scope: string;
@@ -30,7 +32,34 @@ export interface StoredResponse {
 export type ClaimOutcome =
   | { kind: 'claimed'; owner: RecordOwner; expiresAt: Date }
   | { kind: 'completed'; fingerprint: string; response: StoredResponse; expiresAt: Date }
-  | { kind: 'in_flight'; fingerprint: string; expiresAt: Date };
+  | { kind: 'in_flight'; fingerprint: string | null; expiresAt: Date };
+
+/** Isolation levels a transactional route may ask for. */
+export type IsolationLevel = 'READ COMMITTED' | 'REPEATABLE READ' | 'SERIALIZABLE';
+
+/**
+ * One database transaction in which a claim, the handler's own writes and the stored response
+ * commit together (transactional mode).
+ */
+export interface StoreTransaction {
+  /** The transaction as a TypeORM EntityManager, handed to the handler. */
+  readonly manager: EntityManager;
+  /**
+   * Claims the key inside the transaction. A duplicate whose twin is still in flight is answered
+   * at once (`in_flight`) instead of waiting on the twin's row lock with a connection held.
+   */
+  claim(request: ClaimRequest): Promise<ClaimOutcome>;
+  /** Marks the point the handler's writes start from. */
+  savepoint(): Promise<void>;
+  /** Undoes the handler's writes, keeping the claim. */
+  rollbackToSavepoint(): Promise<void>;
+  /** Stores the response of the claim inside the transaction. */
+  complete(owner: RecordOwner, response: StoredResponse): Promise<void>;
+  /** Commits and gives the connection back; throws when the commit failed. */
+  commit(): Promise<void>;
+  /** Rolls back and gives the connection back; never throws. */
+  rollback(): Promise<void>;
+}
 
 /**
  * Where idempotency records live. An abstract class so it can serve as its own DI token: a host
@@ -47,4 +76,6 @@ export abstract class IdempotencyStore {
   abstract release(owner: RecordOwner): Promise<boolean>;
   /** Deletes expired records that no live claim holds, in batches; returns how many. */
   abstract purgeExpired(options: { batchSize: number; skipIfBusy: boolean }): Promise<number>;
+  /** Opens a transaction for a transactional route. */
+  abstract begin(isolation: IsolationLevel): Promise<StoreTransaction>;
 }

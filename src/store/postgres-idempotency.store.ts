@@ -1,21 +1,16 @@
-import type { Pool, PoolClient, QueryResultRow } from 'pg';
+import type { Pool, PoolClient } from 'pg';
 import type { DataSource } from 'typeorm';
 import {
   IdempotencyStore,
   type ClaimOutcome,
   type ClaimRequest,
+  type IsolationLevel,
   type RecordOwner,
+  type StoreTransaction,
   type StoredResponse,
 } from './idempotency.store';
-
-/** Anything that runs a parameterised statement: the pool, one pool client, or a TypeORM QueryRunner. */
-export type SqlRunner = (statement: PreparedStatement, values: unknown[]) => Promise<{ rows: QueryResultRow[]; rowCount: number }>;
-
-/** A statement with a stable name, so `pg` prepares it once per connection. */
-export interface PreparedStatement {
-  name: string;
-  text: string;
-}
+import { PostgresStoreTransaction } from './postgres-store-transaction';
+import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner';
 
 // A record may be taken over when its TTL is over (unless a live claim still holds it), or when
 // it is in flight, its lease has run out (the owner crashed or released it) and the request is
@@ -102,11 +97,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     super();
   }
 
-  /** Runs statements on the DataSource's pool. */
-  readonly run: SqlRunner = async (statement, values) => {
-    const result = await this.pool().query({ name: statement.name, text: statement.text, values });
-    return { rows: result.rows, rowCount: result.rowCount ?? 0 };
-  };
+  private readonly run: SqlRunner = (statement, values) => sqlRunner(this.pool())(statement, values);
 
   async claim(request: ClaimRequest, run: SqlRunner = this.run): Promise<ClaimOutcome> {
     const values = [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
@@ -119,7 +110,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       return { kind: 'completed', fingerprint: row.fingerprint, response, expiresAt: row.expires_at };
     }
     // Lost the race for a claimable row every time: someone else holds it now.
-    return { kind: 'in_flight', fingerprint: request.fingerprint, expiresAt: new Date() };
+    return { kind: 'in_flight', fingerprint: null, expiresAt: new Date() };
   }
 
   async renew(owner: RecordOwner, lease: number): Promise<boolean> {
@@ -159,6 +150,10 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     } finally {
       client.release();
     }
+  }
+
+  async begin(isolation: IsolationLevel): Promise<StoreTransaction> {
+    return PostgresStoreTransaction.begin(this.dataSource, isolation, this);
   }
 
   private pool(): Pool {

@@ -1,0 +1,46 @@
+import { Inject, Injectable } from '@nestjs/common';
+import type { HttpExchange } from './capture/http-exchange';
+import type { ReplacementResponse } from './capture/response-capture';
+import { IdempotencyException, describeError, type IdempotencyErrorCode } from './idempotency.exceptions';
+import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
+import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
+
+/** Seconds a client is told to wait before retrying a key that is busy or a store that is down. */
+const RETRY_AFTER_SECONDS = '1';
+
+/** How an error is answered: its status (when not the code's own) and whether to add Retry-After. */
+export interface ErrorAnswer {
+  status?: number;
+  retryAfter?: boolean;
+}
+
+/** Renders the module's errors with the host's options (formatter, docs URLs), in one place. */
+@Injectable()
+export class IdempotencyErrors {
+  constructor(@Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions) {}
+
+  /** An exception for Nest's exception layer to answer with; Retry-After is set on the response. */
+  exception(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer = {}): IdempotencyException {
+    const details = this.details(code, exchange, answer);
+    if (answer.retryAfter) exchange.response.setHeader('Retry-After', RETRY_AFTER_SECONDS);
+    return new IdempotencyException(details, this.options.formatError(details));
+  }
+
+  /** A complete response, for when the exception layer has already answered and its answer must be replaced. */
+  response(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer = {}): ReplacementResponse {
+    const details = this.details(code, exchange, answer);
+    const body = Buffer.from(JSON.stringify(this.options.formatError(details)));
+    const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(body.length) };
+    if (answer.retryAfter) headers['retry-after'] = RETRY_AFTER_SECONDS;
+    return { status: details.status, headers, body };
+  }
+
+  private details(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer) {
+    const requestId = exchange.response.getHeader('x-request-id') ?? exchange.request.headers['x-request-id'];
+    return describeError(code, {
+      status: answer.status,
+      docsUrl: this.options.docsUrl,
+      requestId: typeof requestId === 'string' ? requestId : null,
+    });
+  }
+}

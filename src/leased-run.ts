@@ -1,0 +1,75 @@
+import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
+import { type Observable, finalize } from 'rxjs';
+import type { HttpExchange } from './capture/http-exchange';
+import { captureResponse, type CapturedResponse } from './capture/response-capture';
+import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
+import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
+import { errorMessage, keyHash } from './log-format';
+import { IdempotencyStore, type RecordOwner } from './store/idempotency.store';
+import { toStoredResponse } from './stored-response';
+
+/**
+ * Runs the handler of a claimed key on a lease: the lease is renewed while the handler runs, and
+ * the captured response is stored (or, for a 5xx, the claim released) before the response leaves.
+ */
+@Injectable()
+export class LeasedRun {
+  private readonly logger = new Logger('Idempotency');
+
+  constructor(
+    private readonly store: IdempotencyStore,
+    @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
+  ) {}
+
+  run(exchange: HttpExchange, owner: RecordOwner, unstored: ReadonlySet<string>, next: CallHandler): Observable<unknown> {
+    const hash = keyHash(owner.scope, owner.key);
+    let finished = false;
+    let handlerSettled = false;
+    let connectionClosed = false;
+
+    const renewal = setInterval(() => {
+      this.store.renew(owner, this.options.lease).then(
+        (owned) => {
+          if (!owned) {
+            clearInterval(renewal);
+            this.logger.warn(`Lease lost for key ${hash}: another request took it over; this response will not be stored.`);
+          }
+        },
+        (error: unknown) => this.logger.warn(`Lease renewal failed for key ${hash}: ${errorMessage(error)}`),
+      );
+    }, Math.max(1, Math.floor(this.options.lease / 3)));
+    renewal.unref();
+
+    const finish = async (captured: CapturedResponse | null) => {
+      finished = true;
+      clearInterval(renewal);
+      try {
+        if (captured === null || captured.status >= 500) await this.store.release(owner);
+        else if (!(await this.store.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes)))) {
+          this.logger.warn(`Response for key ${hash} not stored: the claim was taken over after its lease ran out.`);
+        }
+      } catch (error) {
+        // The response still goes out; the claim stays in flight until its lease runs out, so no
+        // retry runs the handler again before then (SPEC W12).
+        this.logger.error(`Storing the response for key ${hash} failed: ${errorMessage(error)}`);
+      }
+    };
+    captureResponse(exchange.response, { streamPast: this.options.maxResponseBytes, keep: unstored }, finish);
+
+    // A response that is destroyed instead of ended (a stream that failed after its headers went
+    // out, a client gone while a stream was piping) never reaches the capture: free the key.
+    const abandonIfUnfinished = () => {
+      if (!finished && handlerSettled && connectionClosed) void finish(null);
+    };
+    exchange.response.once('close', () => {
+      connectionClosed = true;
+      setImmediate(abandonIfUnfinished);
+    });
+    return next.handle().pipe(
+      finalize(() => {
+        handlerSettled = true;
+        setImmediate(abandonIfUnfinished);
+      }),
+    );
+  }
+}

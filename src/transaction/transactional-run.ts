@@ -1,0 +1,79 @@
+import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
+import { type Observable, catchError, throwError } from 'rxjs';
+import type { HttpExchange } from '../capture/http-exchange';
+import { captureResponse, type CapturedResponse, type ReplacementResponse } from '../capture/response-capture';
+import { IdempotencyErrorCode } from '../idempotency.exceptions';
+import { IdempotencyErrors } from '../idempotency-errors';
+import type { ResolvedIdempotencyOptions } from '../idempotency-options.interface';
+import { RESOLVED_IDEMPOTENCY_OPTIONS } from '../idempotency-options';
+import { errorMessage } from '../log-format';
+import type { RecordOwner, StoreTransaction } from '../store/idempotency.store';
+import { toStoredResponse } from '../stored-response';
+import { REQUEST_TRANSACTION } from './idempotency-transaction.decorator';
+
+/** PostgreSQL's serialization_failure and deadlock_detected: the client may simply retry. */
+const RETRYABLE_SQLSTATES = new Set(['40001', '40P01']);
+
+/** Whether an error is a serialization failure or deadlock, raised by pg or wrapped by TypeORM. */
+export function isTransactionConflict(error: unknown): boolean {
+  const candidate = error as { code?: unknown; driverError?: { code?: unknown } } | null;
+  return RETRYABLE_SQLSTATES.has(String(candidate?.code ?? candidate?.driverError?.code));
+}
+
+/**
+ * Runs a transactional route's handler inside the request's transaction and decides, once the
+ * response is rendered, what commits: everything (success), the claim and a 4xx without the
+ * handler's writes (the handler threw), or nothing (5xx, conflict). The response leaves only after
+ * that, and a failed commit replaces it with an error.
+ */
+@Injectable()
+export class TransactionalRun {
+  private readonly logger = new Logger('Idempotency');
+
+  constructor(
+    private readonly errors: IdempotencyErrors,
+    @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
+  ) {}
+
+  /** `owner` is the claim made in `transaction`, or undefined for a request without a key. */
+  run(
+    exchange: HttpExchange,
+    request: Record<symbol, unknown>,
+    transaction: StoreTransaction,
+    owner: RecordOwner | undefined,
+    unstored: ReadonlySet<string>,
+    next: CallHandler,
+  ): Observable<unknown> {
+    let handlerThrew = false;
+    let conflict = false;
+    request[REQUEST_TRANSACTION] = transaction.manager;
+
+    const finish = async (captured: CapturedResponse): Promise<ReplacementResponse | void> => {
+      if (captured.status >= 500 || conflict || (handlerThrew && !owner)) return transaction.rollback();
+      try {
+        if (owner) {
+          if (handlerThrew) await transaction.rollbackToSavepoint();
+          await transaction.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes));
+        }
+        await transaction.commit();
+      } catch (error) {
+        await transaction.rollback();
+        if (isTransactionConflict(error)) {
+          return this.errors.response(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true });
+        }
+        this.logger.error(`Commit of a transactional request failed: ${errorMessage(error)}`);
+        return this.errors.response(IdempotencyErrorCode.InternalError, exchange);
+      }
+    };
+    captureResponse(exchange.response, { keep: unstored }, finish);
+
+    return next.handle().pipe(
+      catchError((error: unknown) => {
+        handlerThrew = true;
+        if (!isTransactionConflict(error)) return throwError(() => error);
+        conflict = true;
+        return throwError(() => this.errors.exception(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true }));
+      }),
+    );
+  }
+}
