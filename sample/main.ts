@@ -1,0 +1,87 @@
+import 'reflect-metadata';
+import type { INestApplication } from '@nestjs/common';
+import { existsSync, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { loadKeySecret } from './config/key-secret';
+import { startEmbeddedDatabase, type EmbeddedDatabase } from './embedded-database';
+import { bootstrapApiKey, createSampleApp } from './sample-app';
+
+// What `npm start` runs. Environment:
+//   DATABASE_URL        use this PostgreSQL instead of starting the embedded one
+//   PORT, HOST          where to listen (default 3000 on 127.0.0.1)
+//   PATOMIC_KEY_SECRET  secret API keys are hashed with (default: generated into <data>/key-secret)
+//   SAMPLE_DATA_DIR     data folder (default: .data/ at the repository root, git-ignored)
+
+/** How long a shutdown may take before the process exits anyway. */
+const SHUTDOWN_TIMEOUT_MS = 10_000;
+
+let app: INestApplication | undefined;
+let database: EmbeddedDatabase | undefined;
+let stopping: Promise<void> | undefined;
+
+async function main(): Promise<void> {
+  process.once('SIGINT', () => void shutdown('SIGINT', 0));
+  process.once('SIGTERM', () => void shutdown('SIGTERM', 0));
+
+  const dataDir = process.env.SAMPLE_DATA_DIR ? path.resolve(process.env.SAMPLE_DATA_DIR) : path.join(repositoryRoot(), '.data');
+  // Traversable (711) but not listable: PostgreSQL runs as its own user (as root, "postgres") and
+  // must reach its folder inside; the key secret beside it is 600.
+  await fs.mkdir(dataDir, { recursive: true, mode: 0o711 });
+  const keySecret = await loadKeySecret(dataDir);
+
+  let databaseUrl = process.env.DATABASE_URL;
+  if (!databaseUrl) {
+    database = await startEmbeddedDatabase({ dataDir: path.join(dataDir, 'postgres') });
+    databaseUrl = database.url;
+    if (stopping) return;
+  }
+  app = await createSampleApp(databaseUrl, { keySecret });
+  if (stopping) return;
+
+  const bootstrapKey = await bootstrapApiKey(app);
+  if (bootstrapKey !== null) console.log(`Bootstrap API key: ${bootstrapKey}`);
+
+  const port = Number.parseInt(process.env.PORT ?? '3000', 10);
+  const host = process.env.HOST ?? '127.0.0.1';
+  await app.listen(port, host);
+  const where = database ? `embedded PostgreSQL, data in ${dataDir}` : 'PostgreSQL at DATABASE_URL';
+  console.log(`Patomic sample API listening on http://${host}:${port} (${where})`);
+}
+
+/** Closes the app (connections, timers), then stops the embedded database, then exits. */
+function shutdown(reason: string, exitCode: number): Promise<void> {
+  stopping ??= (async () => {
+    // A second Ctrl-C, or a stop that hangs, ends the process at once.
+    process.once('SIGINT', () => process.exit(130));
+    setTimeout(() => {
+      console.error(`Shutdown took longer than ${SHUTDOWN_TIMEOUT_MS} ms; exiting anyway.`);
+      process.exit(exitCode || 1);
+    }, SHUTDOWN_TIMEOUT_MS).unref();
+    if (reason.startsWith('SIG')) console.log(`${reason} received, shutting down.`);
+    await app?.close().catch((error: unknown) => console.error(`Closing the app failed: ${message(error)}`));
+    await database?.stop().catch((error: unknown) => console.error(`Stopping PostgreSQL failed: ${message(error)}`));
+    process.exit(exitCode);
+  })();
+  return stopping;
+}
+
+/** The nearest folder above this file that holds a package.json: the repository, wherever the cwd is. */
+function repositoryRoot(): string {
+  let dir = __dirname;
+  while (!existsSync(path.join(dir, 'package.json'))) {
+    const parent = path.dirname(dir);
+    if (parent === dir) return process.cwd();
+    dir = parent;
+  }
+  return dir;
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+main().catch((error: unknown) => {
+  // The message is the fix-it text; a stack trace would bury it.
+  console.error(`Could not start the sample API: ${message(error)}`);
+  void shutdown('startup failure', 1);
+});
