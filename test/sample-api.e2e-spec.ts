@@ -1,7 +1,12 @@
 import { createHmac, randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { bootstrapApiKey } from '../sample/sample-app';
 import { KeysService } from '../sample/keys/keys.service';
 import { authed, send, type WireRequest, type WireResponse } from './support/http-client';
+import { buildProject, freePort, startSampleProcess, type SampleProcess } from './support/sample-process';
 import { startSample, type RunningSample } from './support/sample-server';
 
 // The sample API of SPEC §7, booted with the same wiring as `npm start`, on a real PostgreSQL.
@@ -55,6 +60,13 @@ describe('Sample API: /v1/keys on PostgreSQL', () => {
       expect(adminKey).toMatch(/^ptmc_[A-Za-z0-9_-]{43}$/);
       expect(await bootstrapApiKey(sample.app)).toBeNull();
       expect((await get('/v1/keys')).status).toBe(200);
+    });
+  });
+
+  describe('schema', () => {
+    it('has the api_keys table of the migration exactly as the entity declares it: TypeORM sees nothing to change', async () => {
+      const pending = await sample.dataSource.driver.createSchemaBuilder().log();
+      expect(pending.upQueries.map((query) => query.query)).toEqual([]);
     });
   });
 
@@ -435,4 +447,81 @@ describe('Sample API: /v1/keys on PostgreSQL', () => {
       expect(new Set(firstHand.map((response) => response.headers['x-request-id'])).size).toBe(firstHand.length);
     });
   });
+});
+
+// What `npm start` runs after its build step: the compiled main.ts, twice on one data folder.
+describe('npm start: node dist/sample/main.js on an embedded PostgreSQL', () => {
+  const repositoryRoot = process.cwd();
+  let buildDir: string;
+  let dataDir: string;
+  let port: number;
+  const started: SampleProcess[] = [];
+
+  beforeAll(async () => {
+    expect(existsSync(path.join(repositoryRoot, 'tsconfig.build.json'))).toBe(true);
+    // Inside the repository (for node_modules) but apart from the dist/ that `npm run build` owns.
+    buildDir = await mkdtemp(path.join(repositoryRoot, 'dist', '.sample-e2e-'));
+    dataDir = await mkdtemp(path.join(os.tmpdir(), 'sample-data-'));
+    // mkdtemp makes it 700; as root, PostgreSQL runs as "postgres" and must traverse it (main.ts makes .data/ 711).
+    await chmod(dataDir, 0o711);
+    port = await freePort();
+    await buildProject(repositoryRoot, buildDir);
+  }, 60_000);
+  afterAll(async () => {
+    for (const process of started) await process.stop('SIGKILL', 5_000).catch(() => undefined);
+    if (buildDir) await rm(buildDir, { recursive: true, force: true });
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  const start = () => {
+    const env: NodeJS.ProcessEnv = { ...process.env, SAMPLE_DATA_DIR: dataDir, PORT: String(port) };
+    // Jest's global setup points DATABASE_URL at its server; npm start without it starts its own.
+    delete env.DATABASE_URL;
+    delete env.PATOMIC_KEY_SECRET;
+    delete env.HOST;
+    const child = startSampleProcess(path.join(buildDir, 'sample', 'main.js'), env);
+    started.push(child);
+    return child;
+  };
+  const baseUrl = () => `http://127.0.0.1:${port}`;
+
+  it('prints one bootstrap key on the first start only, keeps keys across a restart, and stops on SIGTERM and SIGINT with exit code 0', async () => {
+    // First start: a new data folder, a new cluster, one key.
+    const first = start();
+    await first.waitForLine(/listening on http:\/\/127\.0\.0\.1:\d+/, 20_000);
+    const keyLines = first.stdout.filter((line) => line.includes('Bootstrap API key'));
+    expect(keyLines).toHaveLength(1);
+    expect(keyLines[0]).toMatch(/^Bootstrap API key: ptmc_[A-Za-z0-9_-]{43}$/);
+    const bootstrapKey = keyLines[0].slice('Bootstrap API key: '.length);
+    expect((await stat(path.join(dataDir, 'key-secret'))).mode & 0o777).toBe(0o600);
+
+    const idempotencyKey = randomUUID();
+    const request = { path: '/v1/keys', headers: authed(bootstrapKey, idempotencyKey), body: { name: 'CI integration', rate_limit_rpm: 1000 } };
+    const minted = await send(baseUrl(), request);
+    expect(minted.status).toBe(201);
+    const replayed = await send(baseUrl(), request);
+    expect(replayed.headers['idempotency-replayed']).toBe('true');
+    expect(replayed.body.equals(minted.body)).toBe(true);
+
+    const firstStop = await first.stop('SIGTERM', 10_000);
+    expect(firstStop).toMatchObject({ code: 0, signal: null });
+    expect(firstStop.ms).toBeLessThan(5_000);
+    // PostgreSQL removes its pid file only when it has shut down.
+    expect(existsSync(path.join(dataDir, 'postgres', 'postmaster.pid'))).toBe(false);
+
+    // Second start on the same folder: no new key, and the old keys (same secret) still work.
+    const second = start();
+    await second.waitForLine(/listening on/, 20_000);
+    expect(second.stdout.filter((line) => line.includes('Bootstrap API key'))).toEqual([]);
+    const fetched = await send(baseUrl(), { method: 'GET', path: `/v1/keys/${minted.json.id}`, headers: authed(minted.json.plain_key) });
+    expect(fetched.status).toBe(200);
+    expect(fetched.json.name).toBe('CI integration');
+    const replayedAfterRestart = await send(baseUrl(), request);
+    expect(replayedAfterRestart.body.equals(minted.body)).toBe(true);
+
+    const secondStop = await second.stop('SIGINT', 10_000);
+    expect(secondStop).toMatchObject({ code: 0, signal: null });
+    expect(secondStop.ms).toBeLessThan(5_000);
+    expect(existsSync(path.join(dataDir, 'postgres', 'postmaster.pid'))).toBe(false);
+  }, 60_000);
 });
