@@ -57,19 +57,18 @@ export class IdempotencyInterceptor implements NestInterceptor {
       .begin(route.isolation ?? this.options.isolation)
       .catch((error: unknown) => this.storeFailed(error, claim, exchange));
     if (!claim) return this.transactionalRun.run(exchange, http.getRequest(), transaction, undefined, this.unstored, next);
+    let outcome: ClaimOutcome;
     try {
-      const outcome = await transaction.claim(claim);
-      if (outcome.kind !== 'claimed') {
-        await transaction.rollback();
-        return this.answerFromRecord(outcome, claim, exchange);
-      }
-      await transaction.savepoint();
-      return this.transactionalRun.run(exchange, http.getRequest(), transaction, outcome.owner, this.unstored, next);
+      outcome = await transaction.claim(claim);
+      if (outcome.kind === 'claimed') await transaction.savepoint();
     } catch (error) {
       await transaction.rollback();
       if (isTransactionConflict(error)) throw this.errors.exception(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true });
       return this.storeFailed(error, claim, exchange);
     }
+    if (outcome.kind === 'claimed') return this.transactionalRun.run(exchange, http.getRequest(), transaction, outcome.owner, this.unstored, next);
+    await transaction.rollback();
+    return this.answerFromRecord(outcome, claim, exchange);
   }
 
   /**

@@ -16,6 +16,7 @@ import {
   NotFoundException,
   Param,
   type PipeTransform,
+  type Type,
   Post,
   Put,
   Redirect,
@@ -230,16 +231,21 @@ export interface FixtureApp {
   close(): Promise<void>;
 }
 
-/** Boots the fixture app on a real port, against the given database, with module options. */
 /** The HTTP platforms every e2e scenario runs on. */
 export type Platform = 'express' | 'fastify';
 export const PLATFORMS: Platform[] = ['express', 'fastify'];
 
-export async function startFixtureApp(
-  databaseUrl: string,
-  options: IdempotencyModuleOptions = {},
-  platform: Platform = 'express',
-): Promise<FixtureApp> {
+/** What differs between fixture apps. */
+export interface FixtureSpec {
+  controllers: Type<unknown>[];
+  options?: IdempotencyModuleOptions;
+  platform?: Platform;
+  /** Connections in the pool of the app's DataSource. @default 10 */
+  poolSize?: number;
+}
+
+/** Boots an app with the module on a real port, against the given database. */
+export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promise<FixtureApp> {
   @Module({
     imports: [
       TypeOrmModule.forRoot({
@@ -248,11 +254,11 @@ export async function startFixtureApp(
         autoLoadEntities: true,
         migrations: [CreateIdempotencyKeys1764288000000],
         migrationsRun: true,
-        extra: { max: 10, connectionTimeoutMillis: 2000 },
+        extra: { max: spec.poolSize ?? 10, connectionTimeoutMillis: 2000 },
       }),
-      IdempotencyModule.forRoot(options),
+      IdempotencyModule.forRoot(spec.options),
     ],
-    controllers: [ThingsController, PlainController, WholeController],
+    controllers: spec.controllers,
     providers: [Probe],
   })
   class FixtureModule implements NestModule {
@@ -270,7 +276,7 @@ export async function startFixtureApp(
   const moduleRef = await Test.createTestingModule({ imports: [FixtureModule] }).compile();
   const logger = process.env.TEST_LOGS ? undefined : (false as const);
   let app: INestApplication;
-  if (platform === 'fastify') {
+  if (spec.platform === 'fastify') {
     app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger });
   } else {
     const express = moduleRef.createNestApplication<NestExpressApplication>({ logger });
@@ -287,4 +293,9 @@ export async function startFixtureApp(
     dataSource: app.get(DataSource),
     close: () => app.close(),
   };
+}
+
+/** Boots the general fixture app (things, plain, whole) with module options. */
+export function startFixtureApp(databaseUrl: string, options: IdempotencyModuleOptions = {}, platform: Platform = 'express'): Promise<FixtureApp> {
+  return bootFixture(databaseUrl, { controllers: [ThingsController, PlainController, WholeController], options, platform });
 }

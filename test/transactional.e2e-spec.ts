@@ -1,0 +1,157 @@
+import { randomUUID } from 'node:crypto';
+import { Controller, Post } from '@nestjs/common';
+import type { EntityManager } from 'typeorm';
+import { IdempotencyConfigurationError, Idempotent, IdempotencyTransaction } from '../src';
+import { PLATFORMS, bootFixture, type FixtureApp } from './support/fixture-app';
+import { authed, send } from './support/http-client';
+import { LEDGER_SCHEMA, LedgerController } from './support/ledger-controller';
+import { createTestDatabase, type TestDatabase } from './support/test-database';
+import { waitFor } from './support/wait-for';
+
+// SPEC §4: the claim, the handler's writes and the stored response commit in one transaction.
+describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
+  let database: TestDatabase;
+  let app: FixtureApp;
+  let token: string;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    // A pool of 5 connections, to show that duplicates never hold one while they wait.
+    app = await bootFixture(database.url, { controllers: [LedgerController], platform, poolSize: 5 });
+    await app.dataSource.query(LEDGER_SCHEMA);
+  });
+  afterAll(async () => {
+    await app?.close();
+    await database?.drop();
+  });
+  beforeEach(() => {
+    token = `tok_${randomUUID()}`;
+  });
+
+  const post = (path: string, key: string | undefined, body: unknown = { note: randomUUID() }) => send(app.url, { path, headers: authed(token, key), body });
+  const ledgerRows = async (note: string) => Number((await app.dataSource.query('SELECT count(*) AS n FROM ledger WHERE note = $1', [note]))[0].n);
+  const record = async (key: string) => (await app.dataSource.query('SELECT * FROM idempotency_keys WHERE idem_key = $1', [key]))[0];
+
+  it('commits the business row and the stored response together, and replays without writing again', async () => {
+    const key = randomUUID();
+    const note = randomUUID();
+    const first = await post('/ledger', key, { note });
+    expect(first.status).toBe(201);
+    expect(first.json.inTransaction).toBe(true);
+    const replay = await post('/ledger', key, { note });
+    expect(replay.headers['idempotency-replayed']).toBe('true');
+    expect(replay.body.equals(first.body)).toBe(true);
+    expect(await ledgerRows(note)).toBe(1);
+    expect((await record(key)).response_status).toBe(201);
+  });
+
+  it('rolls back the write of a handler that throws a 4xx but stores that 4xx for replay', async () => {
+    const key = randomUUID();
+    const note = randomUUID();
+    const first = await post('/ledger/then-reject', key, { note });
+    expect(first.status).toBe(422);
+    expect(await ledgerRows(note)).toBe(0);
+    const replay = await post('/ledger/then-reject', key, { note });
+    expect(replay.status).toBe(422);
+    expect(replay.headers['idempotency-replayed']).toBe('true');
+    expect(replay.body.equals(first.body)).toBe(true);
+    expect(app.probe.count('then-reject')).toBe(1);
+  });
+
+  it('leaves nothing behind when the handler throws after writing: the retry writes exactly one row', async () => {
+    const key = randomUUID();
+    const note = randomUUID();
+    const first = await post('/ledger/then-crash', key, { note });
+    expect(first.status).toBe(500);
+    expect(await ledgerRows(note)).toBe(0);
+    expect(await record(key)).toBeUndefined();
+    const retry = await post('/ledger/then-crash', key, { note });
+    expect(retry.status).toBe(201);
+    expect(await ledgerRows(note)).toBe(1);
+  });
+
+  it('answers 500 internal_error when COMMIT fails, stores nothing, and runs the retry again', async () => {
+    const key = randomUUID();
+    const note = randomUUID();
+    const first = await post('/ledger/bad-commit', key, { note });
+    expect(first.status).toBe(500);
+    expect(first.json.error).toMatchObject({ type: 'idempotency_error', code: 'internal_error', param: null });
+    expect(first.headers['x-request-id']).toBe(first.json.error.request_id);
+    expect(await ledgerRows(note)).toBe(0);
+    expect(await record(key)).toBeUndefined();
+    const retry = await post('/ledger/bad-commit', key, { note });
+    expect(retry.status).toBe(201);
+    expect(retry.json).toEqual({ attempt: 2 });
+    expect(await ledgerRows(note)).toBe(1);
+  });
+
+  it('runs a request without a key inside a transaction too, storing nothing', async () => {
+    const note = randomUUID();
+    const answer = await post('/ledger', undefined, { note });
+    expect(answer.status).toBe(201);
+    expect(answer.json.inTransaction).toBe(true);
+    expect(await ledgerRows(note)).toBe(1);
+    const rejected = await post('/ledger/then-reject', undefined, { note: `${note}-rejected` });
+    expect(rejected.status).toBe(422);
+    expect(await ledgerRows(`${note}-rejected`)).toBe(0);
+  });
+
+  it('answers 50 concurrent duplicates with a pool of 5 without deadlock: one execution, one row', async () => {
+    const key = randomUUID();
+    const note = randomUUID();
+    const gate = `burst-${key}`;
+    const first = post(`/ledger/slow/${gate}`, key, { note });
+    await waitFor(() => app.probe.count(`ledger-slow:${gate}`) === 1);
+    const duplicates = await Promise.all(Array.from({ length: 50 }, () => post(`/ledger/slow/${gate}`, key, { note })));
+    for (const duplicate of duplicates) {
+      expect(duplicate.status).toBe(409);
+      expect(duplicate.json.error.code).toBe('idempotency_key_in_use');
+      expect(duplicate.headers['retry-after']).toBe('1');
+    }
+    app.probe.gate(gate).open();
+    const done = await first;
+    expect(done.status).toBe(201);
+    const replay = await post(`/ledger/slow/${gate}`, key, { note });
+    expect(replay.body.equals(done.body)).toBe(true);
+    expect(app.probe.count(`ledger-slow:${gate}`)).toBe(1);
+    expect(await ledgerRows(note)).toBe(1);
+  });
+
+  it('turns a serialization failure into 409 transaction_conflict that the client retries with the same key', async () => {
+    const keys = [randomUUID(), randomUUID()];
+    const before = app.probe.count('increment');
+    const racing = keys.map((key) => post('/ledger/increment', key));
+    await waitFor(() => app.probe.count('increment') === before + 2);
+    app.probe.gate('increment').open();
+    const answers = await Promise.all(racing);
+    const statuses = answers.map((answer) => answer.status).sort();
+    expect(statuses).toEqual([201, 409]);
+    const loser = answers.findIndex((answer) => answer.status === 409);
+    expect(answers[loser].json.error.code).toBe('transaction_conflict');
+    expect(answers[loser].headers['retry-after']).toBe('1');
+    expect(await record(keys[loser])).toBeUndefined();
+    const retry = await post('/ledger/increment', keys[loser]);
+    expect(retry.status).toBe(201);
+    const [{ value }] = await app.dataSource.query('SELECT value FROM counter WHERE id = 1');
+    expect(retry.json.value).toBe(value);
+  });
+});
+
+describe('Transactional mode at bootstrap', () => {
+  let database: TestDatabase;
+  afterAll(() => database?.drop());
+
+  it('refuses @IdempotencyTransaction() on a route that is not transactional, saying how to fix it', async () => {
+    database = await createTestDatabase();
+    @Controller('wrong')
+    class WrongController {
+      @Post() @Idempotent()
+      create(@IdempotencyTransaction() manager: EntityManager) {
+        return manager;
+      }
+    }
+    const attempt = bootFixture(database.url, { controllers: [WrongController] });
+    await expect(attempt).rejects.toThrow(IdempotencyConfigurationError);
+    await expect(attempt).rejects.toThrow(/WrongController\.create\(\).*@Idempotent\(\{ transactional: true \}\)/);
+  });
+});
