@@ -18,6 +18,11 @@ export interface IdempotencyModuleOptions {
   conflictStatus?: 409 | 422;
   /** Largest response body stored for replay, in bytes; larger answers are sent but not stored. @default 1_048_576 */
   maxResponseBytes?: number;
+  /**
+   * Response header telling the client when its key expires (an HTTP date), on first responses and
+   * replays; `false` to leave it out. @default 'idempotency-expires-at'
+   */
+  expiresHeader?: string | false;
   /** Extra response headers that are neither stored nor replayed (lower case). @default ['x-request-id'] */
   excludeHeaders?: string[];
   /** Renders the module's errors; the default renders the Patomic envelope. */

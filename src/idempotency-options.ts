@@ -13,6 +13,7 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource'> = {
   onUnresolvedScope: 'reject',
   conflictStatus: 409,
   maxResponseBytes: 1024 * 1024,
+  expiresHeader: 'idempotency-expires-at',
   excludeHeaders: ['x-request-id'],
   formatError: formatErrorEnvelope,
   docsUrl: defaultDocsUrl,

@@ -1,7 +1,7 @@
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
-import { IdempotencyStore } from './store/idempotency.store';
+import { IdempotencyService } from './idempotency.service';
 
 /**
  * The scheduled purge: an interval the module starts and stops itself, so the host needs no
@@ -14,7 +14,7 @@ export class IdempotencyPurgeTask implements OnApplicationBootstrap, OnApplicati
   private running?: Promise<void>;
 
   constructor(
-    private readonly store: IdempotencyStore,
+    private readonly service: IdempotencyService,
     @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
   ) {}
 
@@ -33,7 +33,7 @@ export class IdempotencyPurgeTask implements OnApplicationBootstrap, OnApplicati
 
   private async purge(): Promise<void> {
     try {
-      const purged = await this.store.purgeExpired({ batchSize: this.options.purgeBatchSize, skipIfBusy: true });
+      const purged = await this.service.purgeExpired({ skipIfBusy: true });
       if (purged > 0) this.logger.debug?.(`Purged ${purged} expired idempotency records.`);
     } catch (error) {
       this.logger.warn(`Scheduled purge failed: ${error instanceof Error ? error.message : String(error)}`);

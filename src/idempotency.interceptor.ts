@@ -7,6 +7,7 @@ import { fingerprintRequest } from './fingerprint';
 import { IDEMPOTENT_METHODS, IDEMPOTENT_ROUTE_METADATA, REPLAYED_HEADER, UNSTORED_HEADERS } from './idempotency.constants';
 import { IdempotencyErrorCode } from './idempotency.exceptions';
 import { IdempotencyErrors } from './idempotency-errors';
+import { publishEvent, type RequestTrace } from './idempotency-events';
 import type { IdempotentRouteOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
 import { LeasedRun } from './leased-run';
@@ -44,19 +45,23 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const http = context.switchToHttp();
     const exchange = toHttpExchange(http.getRequest(), http.getResponse());
     if (!IDEMPOTENT_METHODS.has(exchange.method)) return next.handle();
+    const trace: RequestTrace = { route: `${context.getClass().name}.${context.getHandler().name}`, method: exchange.method, startedAt: performance.now() };
 
     const claim = await this.claimRequest(exchange, route, http.getRequest());
+    if (claim) trace.keyHash = keyHash(claim.scope, claim.key);
     if (!route.transactional) {
       if (!claim) return next.handle();
-      const outcome = await this.store.claim(claim).catch((error: unknown) => this.storeFailed(error, claim, exchange));
-      if (outcome.kind === 'claimed') return this.leasedRun.run(exchange, outcome.owner, this.unstored, next);
-      return this.answerFromRecord(outcome, claim, exchange);
+      const outcome = await this.store.claim(claim).catch((error: unknown) => this.storeFailed(error, trace, exchange));
+      if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange);
+      this.claimed(outcome.expiresAt, trace, exchange);
+      return this.leasedRun.run({ exchange, trace, unstored: this.unstored }, outcome.owner, next);
     }
 
     const transaction = await this.store
       .begin(route.isolation ?? this.options.isolation)
-      .catch((error: unknown) => this.storeFailed(error, claim, exchange));
-    if (!claim) return this.transactionalRun.run(exchange, http.getRequest(), transaction, undefined, this.unstored, next);
+      .catch((error: unknown) => this.storeFailed(error, trace, exchange));
+    const run = { exchange, trace, unstored: this.unstored };
+    if (!claim) return this.transactionalRun.run(run, http.getRequest(), transaction, undefined, next);
     let outcome: ClaimOutcome;
     try {
       outcome = await transaction.claim(claim);
@@ -64,11 +69,20 @@ export class IdempotencyInterceptor implements NestInterceptor {
     } catch (error) {
       await transaction.rollback();
       if (isTransactionConflict(error)) throw this.errors.exception(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true });
-      return this.storeFailed(error, claim, exchange);
+      return this.storeFailed(error, trace, exchange);
     }
-    if (outcome.kind === 'claimed') return this.transactionalRun.run(exchange, http.getRequest(), transaction, outcome.owner, this.unstored, next);
-    await transaction.rollback();
-    return this.answerFromRecord(outcome, claim, exchange);
+    if (outcome.kind !== 'claimed') {
+      await transaction.rollback();
+      return this.answerFromRecord(outcome, claim, trace, exchange);
+    }
+    this.claimed(outcome.expiresAt, trace, exchange);
+    return this.transactionalRun.run(run, http.getRequest(), transaction, outcome.owner, next);
+  }
+
+  /** The key is ours: say so, and tell the client until when the answer will be kept. */
+  private claimed(expiresAt: Date, trace: RequestTrace, exchange: HttpExchange): void {
+    publishEvent('claimed', trace);
+    if (this.options.expiresHeader) exchange.response.setHeader(this.options.expiresHeader, expiresAt.toUTCString());
   }
 
   /**
@@ -91,21 +105,32 @@ export class IdempotencyInterceptor implements NestInterceptor {
   }
 
   /** Answers a request whose key is already taken: a replay, or why not. */
-  private answerFromRecord(outcome: Exclude<ClaimOutcome, { kind: 'claimed' }>, claim: ClaimRequest, exchange: HttpExchange): Observable<unknown> {
+  private answerFromRecord(
+    outcome: Exclude<ClaimOutcome, { kind: 'claimed' }>,
+    claim: ClaimRequest,
+    trace: RequestTrace,
+    exchange: HttpExchange,
+  ): Observable<unknown> {
     if (outcome.fingerprint !== null && outcome.fingerprint !== claim.fingerprint) {
+      publishEvent('conflict', trace, { status: this.options.conflictStatus });
       throw this.errors.exception(IdempotencyErrorCode.KeyConflict, exchange, { status: this.options.conflictStatus });
     }
-    if (outcome.kind === 'in_flight') throw this.errors.exception(IdempotencyErrorCode.KeyInUse, exchange, { retryAfter: true });
+    if (outcome.kind === 'in_flight') {
+      publishEvent('in_use', trace, { status: 409 });
+      throw this.errors.exception(IdempotencyErrorCode.KeyInUse, exchange, { retryAfter: true });
+    }
     const { body } = outcome.response;
     if (body === null) throw this.errors.exception(IdempotencyErrorCode.ResponseNotStored, exchange);
+    publishEvent('replayed', trace, { status: outcome.response.status });
     replayResponse(exchange.response, { ...outcome.response, body }, this.unstored, { [REPLAYED_HEADER]: 'true' });
     return of(undefined);
   }
 
   /** The store could not be used: fail closed (SPEC W13). */
-  private storeFailed(error: unknown, claim: ClaimRequest | undefined, exchange: HttpExchange): never {
-    const subject = claim ? `key ${keyHash(claim.scope, claim.key)}` : 'a keyless transactional request';
+  private storeFailed(error: unknown, trace: RequestTrace, exchange: HttpExchange): never {
+    const subject = trace.keyHash ? `key ${trace.keyHash}` : 'a keyless transactional request';
     this.logger.error(`Idempotency store unavailable for ${subject}: ${errorMessage(error)}`);
+    publishEvent('store_error', trace, { status: 503, error: errorMessage(error) });
     throw this.errors.exception(IdempotencyErrorCode.StoreUnavailable, exchange, { retryAfter: true });
   }
 

@@ -1,6 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
+import { publishEvent } from './idempotency-events';
 import { IdempotencyStore } from './store/idempotency.store';
 
 /** User-facing operations on the idempotency records. */
@@ -13,9 +14,12 @@ export class IdempotencyService {
 
   /**
    * Deletes every expired record that no live claim holds, in batches, and returns how many. Waits
-   * for a purge running on another instance to finish first.
+   * for a purge running on another instance to finish first, unless `skipIfBusy` (then returns 0).
    */
-  purgeExpired(): Promise<number> {
-    return this.store.purgeExpired({ batchSize: this.options.purgeBatchSize, skipIfBusy: false });
+  async purgeExpired(options: { skipIfBusy?: boolean } = {}): Promise<number> {
+    const startedAt = performance.now();
+    const count = await this.store.purgeExpired({ batchSize: this.options.purgeBatchSize, skipIfBusy: options.skipIfBusy ?? false });
+    publishEvent('purged', undefined, { count, durationMs: performance.now() - startedAt });
+    return count;
   }
 }

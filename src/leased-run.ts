@@ -1,10 +1,11 @@
 import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
 import { type Observable, finalize } from 'rxjs';
-import type { HttpExchange } from './capture/http-exchange';
 import { captureResponse, type CapturedResponse } from './capture/response-capture';
 import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
-import { errorMessage, keyHash } from './log-format';
+import { publishEvent } from './idempotency-events';
+import { errorMessage } from './log-format';
+import type { RunContext } from './run-context';
 import { IdempotencyStore, type RecordOwner } from './store/idempotency.store';
 import { toStoredResponse } from './stored-response';
 
@@ -21,8 +22,8 @@ export class LeasedRun {
     @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
   ) {}
 
-  run(exchange: HttpExchange, owner: RecordOwner, unstored: ReadonlySet<string>, next: CallHandler): Observable<unknown> {
-    const hash = keyHash(owner.scope, owner.key);
+  run({ exchange, trace, unstored }: RunContext, owner: RecordOwner, next: CallHandler): Observable<unknown> {
+    const hash = trace.keyHash;
     let finished = false;
     let handlerSettled = false;
     let connectionClosed = false;
@@ -32,6 +33,7 @@ export class LeasedRun {
         (owned) => {
           if (!owned) {
             clearInterval(renewal);
+            publishEvent('lease_lost', trace);
             this.logger.warn(`Lease lost for key ${hash}: another request took it over; this response will not be stored.`);
           }
         },
@@ -43,14 +45,22 @@ export class LeasedRun {
     const finish = async (captured: CapturedResponse | null) => {
       finished = true;
       clearInterval(renewal);
+      const status = captured?.status;
       try {
-        if (captured === null || captured.status >= 500) await this.store.release(owner);
-        else if (!(await this.store.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes)))) {
+        if (captured === null || captured.status >= 500) {
+          if (this.options.expiresHeader) exchange.response.removeHeader(this.options.expiresHeader);
+          await this.store.release(owner);
+          publishEvent('released', trace, { status });
+        } else if (await this.store.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes))) {
+          publishEvent('stored', trace, { status });
+        } else {
+          publishEvent('lease_lost', trace, { status });
           this.logger.warn(`Response for key ${hash} not stored: the claim was taken over after its lease ran out.`);
         }
       } catch (error) {
         // The response still goes out; the claim stays in flight until its lease runs out, so no
         // retry runs the handler again before then (SPEC W12).
+        publishEvent('store_error', trace, { status, error: errorMessage(error) });
         this.logger.error(`Storing the response for key ${hash} failed: ${errorMessage(error)}`);
       }
     };

@@ -1,12 +1,13 @@
 import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
 import { type Observable, catchError, throwError } from 'rxjs';
-import type { HttpExchange } from '../capture/http-exchange';
 import { captureResponse, type CapturedResponse, type ReplacementResponse } from '../capture/response-capture';
 import { IdempotencyErrorCode } from '../idempotency.exceptions';
 import { IdempotencyErrors } from '../idempotency-errors';
 import type { ResolvedIdempotencyOptions } from '../idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from '../idempotency-options';
+import { publishEvent } from '../idempotency-events';
 import { errorMessage } from '../log-format';
+import type { RunContext } from '../run-context';
 import type { RecordOwner, StoreTransaction } from '../store/idempotency.store';
 import { toStoredResponse } from '../stored-response';
 import { REQUEST_TRANSACTION } from './idempotency-transaction.decorator';
@@ -37,30 +38,37 @@ export class TransactionalRun {
 
   /** `owner` is the claim made in `transaction`, or undefined for a request without a key. */
   run(
-    exchange: HttpExchange,
+    { exchange, trace, unstored }: RunContext,
     request: Record<symbol, unknown>,
     transaction: StoreTransaction,
     owner: RecordOwner | undefined,
-    unstored: ReadonlySet<string>,
     next: CallHandler,
   ): Observable<unknown> {
     let handlerThrew = false;
     let conflict = false;
     request[REQUEST_TRANSACTION] = transaction.manager;
 
+    const rollBack = async (status: number) => {
+      if (this.options.expiresHeader) exchange.response.removeHeader(this.options.expiresHeader);
+      await transaction.rollback();
+      if (owner) publishEvent('released', trace, { status });
+    };
     const finish = async (captured: CapturedResponse): Promise<ReplacementResponse | void> => {
-      if (captured.status >= 500 || conflict || (handlerThrew && !owner)) return transaction.rollback();
+      const { status } = captured;
+      if (status >= 500 || conflict || (handlerThrew && !owner)) return rollBack(status);
       try {
         if (owner) {
           if (handlerThrew) await transaction.rollbackToSavepoint();
           await transaction.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes));
         }
         await transaction.commit();
+        if (owner) publishEvent('stored', trace, { status });
       } catch (error) {
-        await transaction.rollback();
+        await rollBack(status);
         if (isTransactionConflict(error)) {
           return this.errors.response(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true });
         }
+        publishEvent('store_error', trace, { status, error: errorMessage(error) });
         this.logger.error(`Commit of a transactional request failed: ${errorMessage(error)}`);
         return this.errors.response(IdempotencyErrorCode.InternalError, exchange);
       }
