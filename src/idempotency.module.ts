@@ -40,9 +40,12 @@ export class IdempotencyModule extends ConfigurableIdempotencyModule {
 }
 
 function withProviders(definition: DynamicModule, dataSourceName: string | undefined): DynamicModule {
+  // Called for its registration only, so `autoLoadEntities` picks up the entity. Its module is not
+  // imported: it would demand the DataSource with Nest's generic error where ours says how to fix it.
+  TypeOrmModule.forFeature([IdempotencyKeyEntity], dataSourceName);
   return {
     ...definition,
-    imports: [...(definition.imports ?? []), DiscoveryModule, TypeOrmModule.forFeature([IdempotencyKeyEntity], dataSourceName)],
+    imports: [...(definition.imports ?? []), DiscoveryModule],
     providers: [
       ...(definition.providers ?? []),
       {
@@ -52,15 +55,8 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
       },
       {
         provide: IdempotencyStore,
-        useFactory: (dataSource: DataSource) => {
-          if (dataSource.options.type !== 'postgres') {
-            throw new IdempotencyConfigurationError(
-              `IdempotencyModule needs a PostgreSQL DataSource; "${dataSourceName ?? 'default'}" is of type "${dataSource.options.type}". Point the "dataSource" option at a postgres DataSource.`,
-            );
-          }
-          return new PostgresIdempotencyStore(dataSource);
-        },
-        inject: [getDataSourceToken(dataSourceName)],
+        useFactory: (dataSource: DataSource | undefined) => new PostgresIdempotencyStore(checkDataSource(dataSource, dataSourceName)),
+        inject: [{ token: getDataSourceToken(dataSourceName), optional: true }],
       },
       IdempotencyService,
       IdempotencyPurgeTask,
@@ -72,4 +68,19 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
     ],
     exports: [...(definition.exports ?? []), IdempotencyService, IdempotencyStore],
   };
+}
+
+function checkDataSource(dataSource: DataSource | undefined, name: string | undefined): DataSource {
+  const which = name ? `the TypeORM DataSource named "${name}"` : 'the default TypeORM DataSource';
+  if (!dataSource) {
+    throw new IdempotencyConfigurationError(
+      `IdempotencyModule cannot find ${which}. Import TypeOrmModule.forRoot({ type: 'postgres', ...${name ? `, name: '${name}'` : ''} }) in the application, or set the "dataSource" option to the name of an existing DataSource.`,
+    );
+  }
+  if (dataSource.options.type !== 'postgres') {
+    throw new IdempotencyConfigurationError(
+      `IdempotencyModule needs PostgreSQL, but ${which} is of type "${dataSource.options.type}". Point the "dataSource" option at a postgres DataSource.`,
+    );
+  }
+  return dataSource;
 }

@@ -1,0 +1,143 @@
+import { Controller, Inject, Injectable, type INestApplication, Module, type ModuleMetadata, Post } from '@nestjs/common';
+import { Test } from '@nestjs/testing';
+import { TypeOrmModule, type TypeOrmModuleOptions } from '@nestjs/typeorm';
+import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import {
+  CreateIdempotencyKeys1764288000000,
+  IdempotencyConfigurationError,
+  Idempotent,
+  IdempotencyModule,
+  IdempotencyService,
+  type IdempotencyModuleOptions,
+} from '../src';
+import { authed, send } from './support/http-client';
+import { createTestDatabase, type TestDatabase } from './support/test-database';
+
+@Controller('orders')
+class OrdersController {
+  @Post() @Idempotent()
+  create() {
+    return { id: randomUUID() };
+  }
+}
+
+const OPTIONS_SOURCE = 'OPTIONS_SOURCE';
+
+/** Stands in for a ConfigService: options come from another module's provider. */
+@Module({ providers: [{ provide: OPTIONS_SOURCE, useValue: { conflictStatus: 422 } }], exports: [OPTIONS_SOURCE] })
+class ConfigLikeModule {}
+
+@Injectable()
+class OptionsFactory {
+  createIdempotencyOptions(): IdempotencyModuleOptions {
+    return { conflictStatus: 422 };
+  }
+}
+
+/** Something of the host that uses IdempotencyService without importing the module. */
+@Injectable()
+class Janitor {
+  constructor(@Inject(IdempotencyService) readonly idempotency: IdempotencyService) {}
+}
+@Module({ providers: [Janitor], exports: [Janitor] })
+class JanitorModule {}
+
+// forRoot()/forRootAsync() variants, isGlobal, a named DataSource and bootstrap validation.
+describe('Module setup', () => {
+  let database: TestDatabase;
+  const apps: INestApplication[] = [];
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    for (const app of apps) await app.close();
+    await database?.drop();
+  });
+
+  const typeorm = (extra: Partial<TypeOrmModuleOptions> = {}) =>
+    TypeOrmModule.forRoot({
+      type: 'postgres',
+      url: database.url,
+      autoLoadEntities: true,
+      migrations: [CreateIdempotencyKeys1764288000000],
+      migrationsRun: true,
+      ...extra,
+    } as TypeOrmModuleOptions);
+
+  async function boot(imports: ModuleMetadata['imports']): Promise<{ app: INestApplication; url: string }> {
+    const moduleRef = await Test.createTestingModule({ imports, controllers: [OrdersController] }).compile();
+    const app = moduleRef.createNestApplication({ logger: false });
+    apps.push(app);
+    await app.listen(0, '127.0.0.1');
+    return { app, url: `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}` };
+  }
+
+  /** Sends a key twice with different bodies; the second answer's status shows which options apply. */
+  async function conflictStatus(url: string): Promise<number> {
+    const token = randomUUID();
+    const key = randomUUID();
+    const first = await send(url, { path: '/orders', headers: authed(token, key), body: { n: 1 } });
+    expect(first.status).toBe(201);
+    expect((await send(url, { path: '/orders', headers: authed(token, key), body: { n: 1 } })).headers['idempotency-replayed']).toBe('true');
+    return (await send(url, { path: '/orders', headers: authed(token, key), body: { n: 2 } })).status;
+  }
+
+  it('works with forRoot() and no arguments', async () => {
+    const { url } = await boot([typeorm(), IdempotencyModule.forRoot()]);
+    expect(await conflictStatus(url)).toBe(409);
+  });
+
+  it('takes options from a factory with injected dependencies (forRootAsync useFactory)', async () => {
+    const { url } = await boot([
+      typeorm(),
+      IdempotencyModule.forRootAsync({
+        imports: [ConfigLikeModule],
+        inject: [OPTIONS_SOURCE],
+        useFactory: (source: IdempotencyModuleOptions) => source,
+      }),
+    ]);
+    expect(await conflictStatus(url)).toBe(422);
+  });
+
+  it('takes options from a class (forRootAsync useClass)', async () => {
+    const { url } = await boot([typeorm(), IdempotencyModule.forRootAsync({ useClass: OptionsFactory })]);
+    expect(await conflictStatus(url)).toBe(422);
+  });
+
+  it('takes options from an existing provider (forRootAsync useExisting)', async () => {
+    @Module({ providers: [OptionsFactory], exports: [OptionsFactory] })
+    class FactoryModule {}
+    const { url } = await boot([typeorm(), IdempotencyModule.forRootAsync({ imports: [FactoryModule], useExisting: OptionsFactory })]);
+    expect(await conflictStatus(url)).toBe(422);
+  });
+
+  it('makes IdempotencyService injectable everywhere with isGlobal', async () => {
+    const { app } = await boot([typeorm(), IdempotencyModule.forRoot({ isGlobal: true }), JanitorModule]);
+    expect(await app.get(Janitor).idempotency.purgeExpired()).toBeGreaterThanOrEqual(0);
+  });
+
+  it('uses a named DataSource', async () => {
+    const { app, url } = await boot([typeorm({ name: 'billing' }), IdempotencyModule.forRoot({ dataSource: 'billing' })]);
+    expect(await conflictStatus(url)).toBe(409);
+    expect(app.get(IdempotencyService)).toBeDefined();
+  });
+
+  it.each([
+    ['a TTL of 0', { ttl: 0 }, /"ttl" must be a positive integer/],
+    ['a lease as long as the TTL', { ttl: 1000, lease: 1000 }, /"lease" \(1000 ms\) must be shorter than "ttl"/],
+    ['a negative purge interval', { purgeInterval: -1 }, /"purgeInterval" must be 0/],
+    ['an unknown isolation level', { isolation: 'CHAOS' as never }, /"isolation" must be one of/],
+  ])('refuses %s at bootstrap, saying how to fix it', async (_name, options, message) => {
+    // The DataSource is not connected: a failed bootstrap must leave no pool behind.
+    const attempt = boot([typeorm({ manualInitialization: true }), IdempotencyModule.forRoot(options)]);
+    await expect(attempt).rejects.toThrow(IdempotencyConfigurationError);
+    await expect(attempt).rejects.toThrow(message);
+  });
+
+  it('says how to fix a missing TypeORM connection', async () => {
+    await expect(boot([IdempotencyModule.forRoot()])).rejects.toThrow(/cannot find the default TypeORM DataSource\. Import TypeOrmModule\.forRoot/);
+    await expect(boot([typeorm({ manualInitialization: true }), IdempotencyModule.forRoot({ dataSource: 'nope' })])).rejects.toThrow(/named "nope"/);
+  });
+});
