@@ -39,12 +39,22 @@ export class IdempotencyInterceptor implements NestInterceptor {
     this.unstored = new Set([...UNSTORED_HEADERS, ...options.excludeHeaders]);
   }
 
-  async intercept(context: ExecutionContext, next: CallHandler): Promise<Observable<unknown>> {
+  intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
+    // Unmarked routes and safe methods pass through synchronously, without a promise.
     const route = context.getType() === 'http' ? this.routeOptions(context) : null;
     if (!route) return next.handle();
     const http = context.switchToHttp();
-    const exchange = toHttpExchange(http.getRequest(), http.getResponse());
-    if (!IDEMPOTENT_METHODS.has(exchange.method)) return next.handle();
+    if (!IDEMPOTENT_METHODS.has(http.getRequest().method)) return next.handle();
+    return this.interceptMarked(context, route, toHttpExchange(http.getRequest(), http.getResponse()), next);
+  }
+
+  private async interceptMarked(
+    context: ExecutionContext,
+    route: IdempotentRouteOptions,
+    exchange: HttpExchange,
+    next: CallHandler,
+  ): Promise<Observable<unknown>> {
+    const http = context.switchToHttp();
     const trace: RequestTrace = { route: `${context.getClass().name}.${context.getHandler().name}`, method: exchange.method, startedAt: performance.now() };
 
     const claim = await this.claimRequest(exchange, route, http.getRequest());
