@@ -4,79 +4,69 @@ import type { IdempotentRouteOptions } from '../idempotency-options.interface';
 /** An OpenAPI 3.0 schema object (only what this module writes). */
 export type OpenApiSchema = Record<string, unknown>;
 
-/** The status codes the module answers with on an idempotent route, and what each can carry. */
+/** One status the module answers with on an idempotent route, and the codes it can carry. */
 export interface DocumentedError {
   status: number;
-  description: string;
+  summary: string;
   codes: IdempotencyErrorCode[];
   /** The answer carries `Retry-After` (whole seconds) for some of its codes. */
   retryAfter: boolean;
 }
 
+/** When each code is answered, for the response descriptions. */
+const CODE_NOTES: Record<IdempotencyErrorCode, string> = {
+  invalid_idempotency_key: 'the header was sent twice, or is empty, longer than 255 characters or not printable ASCII.',
+  missing_idempotency_key: 'this route requires an `Idempotency-Key` header and none was sent.',
+  idempotency_scope_unresolved: 'a key was sent but the caller could not be identified, so the key cannot be scoped.',
+  idempotency_key_conflict:
+    'the key was already used with a different request (method, path, query or body). Answered with 422 instead when the module runs with `conflictStatus: 422`.',
+  idempotency_key_in_use: 'a request with this key is still being processed; retry with the same key after `Retry-After`.',
+  idempotency_response_not_stored: 'the original request completed, but its response was too large to be stored for replay.',
+  transaction_conflict: 'the request conflicted with a concurrent transaction and was rolled back; retry with the same key after `Retry-After`.',
+  internal_error: 'the transaction could not be committed: nothing was changed or stored, and a retry with the same key runs the request again.',
+  idempotency_store_unavailable: 'idempotency records cannot be reached right now (fail closed); retry with the same key after `Retry-After`.',
+};
+
 /**
  * The errors a route can answer with, per status, given its `@Idempotent()` options. Module-level
- * options are unknown when a decorator runs, so the defaults are documented (conflicts are 409;
- * `conflictStatus: 422` moves `idempotency_key_conflict` to 422; `onUnresolvedScope: 'bypass'` never
- * answers 401). `test/openapi.e2e-spec.ts` checks every code here against the status it really has.
+ * options are unknown when a decorator runs, so their defaults are documented (see the notes of
+ * `idempotency_key_conflict` and of the 401). `test/openapi.e2e-spec.ts` checks every code listed
+ * here against the status the module really answers it with.
  */
 export function documentedErrors(route: IdempotentRouteOptions): DocumentedError[] {
+  const { InvalidKey, MissingKey, ScopeUnresolved, KeyConflict, KeyInUse, ResponseNotStored, TransactionConflict, InternalError, StoreUnavailable } =
+    IdempotencyErrorCode;
   const errors: DocumentedError[] = [
-    {
-      status: 400,
-      description: route.required
-        ? 'The `Idempotency-Key` header is missing (this route requires one), sent twice, empty, longer than 255 characters or not printable ASCII. The handler did not run.'
-        : 'The `Idempotency-Key` header is sent twice, empty, longer than 255 characters or not printable ASCII. The handler did not run.',
-      codes: route.required ? [IdempotencyErrorCode.InvalidKey, IdempotencyErrorCode.MissingKey] : [IdempotencyErrorCode.InvalidKey],
-      retryAfter: false,
-    },
+    { status: 400, summary: 'Invalid Idempotency-Key; the handler did not run.', codes: route.required ? [InvalidKey, MissingKey] : [InvalidKey], retryAfter: false },
     {
       status: 401,
-      description:
-        'An `Idempotency-Key` was sent but the caller could not be identified, so the key cannot be scoped (not sent when the module runs with `onUnresolvedScope: "bypass"`). The handler did not run.',
-      codes: [IdempotencyErrorCode.ScopeUnresolved],
+      summary: 'Caller unknown, so the Idempotency-Key cannot be scoped; the handler did not run. Not answered when the module runs with `onUnresolvedScope: "bypass"`.',
+      codes: [ScopeUnresolved],
       retryAfter: false,
     },
     {
       status: 409,
-      description: [
-        'The handler did not run:',
-        '`idempotency_key_conflict`: the key was already used with a different request (method, path, query or body); 422 instead when the module runs with `conflictStatus: 422`;',
-        '`idempotency_key_in_use`: a request with this key is still being processed; retry with the same key after `Retry-After`;',
-        '`idempotency_response_not_stored`: the original request completed but its response was too large to be stored for replay',
-        ...(route.transactional
-          ? [';', '`transaction_conflict`: the request conflicted with a concurrent transaction and was rolled back; retry with the same key after `Retry-After`']
-          : []),
-        '.',
-      ].join(' ').replace(/ ([;.])/g, '$1'),
-      codes: [
-        IdempotencyErrorCode.KeyConflict,
-        IdempotencyErrorCode.KeyInUse,
-        IdempotencyErrorCode.ResponseNotStored,
-        ...(route.transactional ? [IdempotencyErrorCode.TransactionConflict] : []),
-      ],
-      retryAfter: true,
-    },
-    ...(route.transactional
-      ? [
-          {
-            status: 500,
-            description: 'The transaction could not be committed: nothing was changed and nothing was stored; retrying with the same key runs the request again.',
-            codes: [IdempotencyErrorCode.InternalError],
-            retryAfter: false,
-          },
-        ]
-      : []),
-    {
-      status: 503,
-      description: 'Idempotency records cannot be reached right now, so the request was not processed (fail closed). Retry with the same key after `Retry-After`.',
-      codes: [IdempotencyErrorCode.StoreUnavailable],
+      summary: 'The Idempotency-Key cannot be used for this request now; the handler did not run.',
+      codes: route.transactional ? [KeyConflict, KeyInUse, ResponseNotStored, TransactionConflict] : [KeyConflict, KeyInUse, ResponseNotStored],
       retryAfter: true,
     },
   ];
+  if (route.transactional) {
+    errors.push({ status: 500, summary: 'The transaction was not committed.', codes: [InternalError], retryAfter: false });
+  }
+  errors.push({ status: 503, summary: 'Idempotency store unavailable; the request was not processed.', codes: [StoreUnavailable], retryAfter: true });
   return errors;
 }
 
-/** The schema of the module's default error envelope (`formatErrorEnvelope`, SPEC W11), narrowed to `codes`. */
+/** The Markdown description of a documented error: its summary, then each code and when it is answered. */
+export function describeDocumentedError(error: DocumentedError): string {
+  return [error.summary, '', ...error.codes.map((code) => `- \`${code}\`: ${CODE_NOTES[code]}`)].join('\n');
+}
+
+/**
+ * The schema of the module's default error envelope (`formatErrorEnvelope`, SPEC W11), with `code`
+ * narrowed to `codes`. A host that swaps the renderer with `formatError` answers something else.
+ */
 export function errorEnvelopeSchema(codes: readonly string[]): OpenApiSchema {
   return {
     type: 'object',

@@ -1,0 +1,168 @@
+import { RequestMethod } from '@nestjs/common';
+import { IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_ROUTE_METADATA, REPLAYED_HEADER } from '../idempotency.constants';
+import type { IdempotentRouteOptions } from '../idempotency-options.interface';
+import { describeDocumentedError, documentedErrors, errorEnvelopeSchema } from './error-envelope.schema';
+
+/*
+ * OpenAPI documentation of `@Idempotent()` routes for hosts that use @nestjs/swagger.
+ *
+ * Why metadata keys instead of @nestjs/swagger's decorators: @nestjs/swagger is an optional peer,
+ * so src/ cannot import it statically, and a lazy load is fragile here: this code runs as CommonJS
+ * in production (where `require` would work) and as native ESM under Jest (no `require`, no
+ * `__dirname`; a dynamic `import()` is async and would come after the decorators ran). Instead this
+ * file writes, with `Reflect.defineMetadata`, the very metadata that @nestjs/swagger's own
+ * `@ApiHeader()` and `@ApiResponse()` write on a handler, and that `SwaggerModule.createDocument()`
+ * reads (keys and shapes below, from @nestjs/swagger 12 `dist/constants.js`,
+ * `dist/decorators/api-header.decorator.js`, `dist/decorators/api-response.decorator.js`; they have
+ * been stable since @nestjs/swagger 4). Without @nestjs/swagger nobody reads them and nothing
+ * happens; no import of it exists anywhere in src/. `test/openapi.e2e-spec.ts` generates a real
+ * document, so a change of these keys in a future @nestjs/swagger fails that test.
+ *
+ * Why deferred to a microtask: decorators apply bottom-up, so in `@Post() @Idempotent()` the HTTP
+ * method (and `@HttpCode()`, `@ApiResponse()` above it) is not known yet when `@Idempotent()` runs.
+ * Every decorator of a class is applied synchronously while the class is defined, and a document is
+ * only generated once the application exists (after at least one `await`), so a microtask sees the
+ * finished class and still runs long before any document is built.
+ */
+
+/** `DECORATORS.API_PARAMETERS`: an array of parameter objects (`@ApiHeader()` on a method). */
+const API_PARAMETERS = 'swagger/apiParameters';
+/** `DECORATORS.API_HEADERS`: an array of header parameters (`@ApiHeader()` on a controller). */
+const API_HEADERS = 'swagger/apiHeaders';
+/** `DECORATORS.API_RESPONSE`: `{ [status]: { description, schema?, type?, headers?, ... } }` (`@ApiResponse()` on a method). */
+const API_RESPONSE = 'swagger/apiResponse';
+/** @nestjs/common's `METHOD_METADATA` and `HTTP_CODE_METADATA` (kept literal: `@nestjs/common/constants` is not public API). */
+const METHOD_METADATA = 'method';
+const HTTP_CODE_METADATA = '__httpCode__';
+
+/** The HTTP methods the module makes idempotent (`IDEMPOTENT_METHODS`); routes of other methods (and `@All()`) are left undocumented. */
+const DOCUMENTED_METHODS: ReadonlySet<RequestMethod> = new Set([RequestMethod.POST, RequestMethod.PUT, RequestMethod.PATCH, RequestMethod.DELETE]);
+
+type ResponseEntry = Record<string, unknown> & { description?: string; schema?: unknown; type?: unknown; headers?: Record<string, unknown> };
+type Responses = Record<string, ResponseEntry>;
+type Handler = (...args: unknown[]) => unknown;
+
+const pending = new Set<Function>();
+const documented = new WeakSet<Handler>();
+
+/**
+ * Documents the idempotent routes of `controller` once its class is complete (see above). Called by
+ * `@Idempotent()` on a handler (with its class) or on a controller.
+ */
+export function scheduleOpenApiDocumentation(controller: Function): void {
+  if (pending.has(controller)) return;
+  pending.add(controller);
+  queueMicrotask(() => {
+    pending.delete(controller);
+    try {
+      documentController(controller);
+    } catch {
+      // Documentation must never break the application that declares the routes.
+    }
+  });
+}
+
+/** Writes the OpenAPI metadata of every idempotent route of a controller (own and inherited handlers, as Nest routes them). */
+export function documentController(controller: Function): void {
+  const classOptions = Reflect.getMetadata(IDEMPOTENT_ROUTE_METADATA, controller) as IdempotentRouteOptions | undefined;
+  const classHeaders = (Reflect.getMetadata(API_HEADERS, controller) as { name?: string }[] | undefined) ?? [];
+  const seen = new Set<string>();
+  for (let prototype = controller.prototype; prototype && prototype !== Object.prototype; prototype = Object.getPrototypeOf(prototype)) {
+    for (const name of Object.getOwnPropertyNames(prototype)) {
+      if (name === 'constructor' || seen.has(name)) continue;
+      seen.add(name);
+      const descriptor = Object.getOwnPropertyDescriptor(prototype, name);
+      if (!descriptor || typeof descriptor.value !== 'function') continue;
+      const handler = descriptor.value as Handler;
+      // Handler options override the controller's, as in the interceptor.
+      const options = (Reflect.getMetadata(IDEMPOTENT_ROUTE_METADATA, handler) as IdempotentRouteOptions | undefined) ?? classOptions;
+      const method = Reflect.getMetadata(METHOD_METADATA, handler) as RequestMethod | undefined;
+      if (!options || method === undefined || !DOCUMENTED_METHODS.has(method) || documented.has(handler)) continue;
+      documented.add(handler);
+      documentHandler(handler, method, options, classHeaders);
+    }
+  }
+}
+
+function documentHandler(handler: Handler, method: RequestMethod, options: IdempotentRouteOptions, classHeaders: { name?: string }[]): void {
+  // The Idempotency-Key header, unless the host documents it itself.
+  const parameters = (Reflect.getMetadata(API_PARAMETERS, handler) as { name?: string; in?: string }[] | undefined) ?? [];
+  const isKeyHeader = (parameter: { name?: string; in?: string }) => parameter.name?.toLowerCase() === IDEMPOTENCY_KEY_HEADER.toLowerCase();
+  if (!parameters.some((parameter) => parameter.in === 'header' && isKeyHeader(parameter)) && !classHeaders.some(isKeyHeader)) {
+    Reflect.defineMetadata(API_PARAMETERS, [...parameters, keyHeaderParameter(options)], handler);
+  }
+
+  const declared = (Reflect.getMetadata(API_RESPONSE, handler) as Responses | undefined) ?? {};
+  const responses: Responses = {};
+  // Stored answers (status < 500) are replayed with `idempotency-replayed: true`: mark each one the
+  // host declared, and when it declared no success, the one @nestjs/swagger would infer by itself
+  // (which it no longer does once a handler has response metadata).
+  for (const [status, entry] of Object.entries(declared)) {
+    responses[status] = isReplayable(status) ? withHeaders(entry, { [REPLAYED_HEADER]: REPLAYED_HEADER_OBJECT }) : entry;
+  }
+  if (!Object.keys(declared).some((status) => /^[23]\d\d$/.test(status))) {
+    responses[String(defaultStatus(handler, method))] = { description: '', headers: { [REPLAYED_HEADER]: REPLAYED_HEADER_OBJECT } };
+  }
+  for (const error of documentedErrors(options)) {
+    const status = String(error.status);
+    const ours: ResponseEntry = {
+      description: describeDocumentedError(error),
+      schema: errorEnvelopeSchema(error.codes),
+      ...(error.retryAfter ? { headers: { 'Retry-After': RETRY_AFTER_HEADER_OBJECT } } : {}),
+    };
+    const theirs = responses[status];
+    // A status the host documents itself (e.g. 400 for validation) keeps its schema and gains our codes.
+    responses[status] = theirs
+      ? {
+          ...theirs,
+          description: [theirs.description, ours.description].filter(Boolean).join('\n\n'),
+          ...(theirs.schema === undefined && theirs.type === undefined ? { schema: ours.schema } : {}),
+          ...(ours.headers ? { headers: { ...ours.headers, ...theirs.headers } } : {}),
+        }
+      : ours;
+  }
+  Reflect.defineMetadata(API_RESPONSE, responses, handler);
+}
+
+/** What `@ApiHeader()` writes: `{ name, in: 'header', description, required, schema }`. */
+function keyHeaderParameter(options: IdempotentRouteOptions) {
+  const required = options.required === true;
+  return {
+    name: IDEMPOTENCY_KEY_HEADER,
+    in: 'header',
+    required,
+    description: [
+      'A unique key per logical request (a UUIDv4, say), sent unchanged on every retry of it: a retry while the key is remembered (24 hours by default) gets the stored response of the first attempt, with `idempotency-replayed: true`, and the request is not processed again.',
+      'Keys are scoped to the caller; reusing a key with a different method, path, query or body is an error.',
+      required ? 'Required on this route.' : 'Optional: without it the request runs normally, with no idempotency.',
+    ].join(' '),
+    schema: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[\\x20-\\x7E]+$', example: '5f0c6e8a-2d0b-4e7e-9b8e-0c6f1f3e2a71' },
+  };
+}
+
+const REPLAYED_HEADER_OBJECT = {
+  description: '`true` when this response is the stored response of an earlier request with the same Idempotency-Key (a replay); absent on the first response.',
+  required: false,
+  schema: { type: 'string', enum: ['true'] },
+};
+
+const RETRY_AFTER_HEADER_OBJECT = {
+  description: 'Seconds to wait before retrying with the same Idempotency-Key (sent with `idempotency_key_in_use`, `transaction_conflict` and `idempotency_store_unavailable`).',
+  required: false,
+  schema: { type: 'integer', minimum: 0 },
+};
+
+function isReplayable(status: string): boolean {
+  return /^[1-4]\d\d$/.test(status);
+}
+
+function withHeaders(entry: ResponseEntry, headers: Record<string, unknown>): ResponseEntry {
+  return { ...entry, headers: { ...headers, ...entry.headers } };
+}
+
+/** The status @nestjs/swagger documents for a handler without response metadata (`getStatusCode` of its response explorer). */
+function defaultStatus(handler: Handler, method: RequestMethod): number {
+  const status = Reflect.getMetadata(HTTP_CODE_METADATA, handler) as number | undefined;
+  if (status) return status;
+  return method === RequestMethod.POST ? 201 : 200;
+}
