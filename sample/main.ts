@@ -1,6 +1,7 @@
 import 'reflect-metadata';
 import type { INestApplication } from '@nestjs/common';
 import { existsSync, promises as fs } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { loadKeySecret } from './config/key-secret';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from './embedded-database';
@@ -18,11 +19,15 @@ const SHUTDOWN_TIMEOUT_MS = 10_000;
 let app: INestApplication | undefined;
 let database: EmbeddedDatabase | undefined;
 let stopping: Promise<void> | undefined;
+let startup: Promise<void> = Promise.resolve();
 
 async function main(): Promise<void> {
   process.once('SIGINT', () => void shutdown('SIGINT', 0));
   process.once('SIGTERM', () => void shutdown('SIGTERM', 0));
 
+  const port = Number(process.env.PORT || '3000');
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new Error(`PORT must be a TCP port number (0-65535); got "${process.env.PORT}".`);
+  const host = process.env.HOST || '127.0.0.1';
   const dataDir = process.env.SAMPLE_DATA_DIR ? path.resolve(process.env.SAMPLE_DATA_DIR) : path.join(repositoryRoot(), '.data');
   // Traversable (711) but not listable: PostgreSQL runs as its own user (as root, "postgres") and
   // must reach its folder inside; the key secret beside it is 600.
@@ -41,11 +46,10 @@ async function main(): Promise<void> {
   const bootstrapKey = await bootstrapApiKey(app);
   if (bootstrapKey !== null) console.log(`Bootstrap API key: ${bootstrapKey}`);
 
-  const port = Number.parseInt(process.env.PORT ?? '3000', 10);
-  const host = process.env.HOST ?? '127.0.0.1';
   await app.listen(port, host);
+  const { port: listening } = app.getHttpServer().address() as AddressInfo;
   const where = database ? `embedded PostgreSQL, data in ${dataDir}` : 'PostgreSQL at DATABASE_URL';
-  console.log(`Patomic sample API listening on http://${host}:${port} (${where})`);
+  console.log(`Patomic sample API listening on http://${host}:${listening} (${where})`);
 }
 
 /** Closes the app (connections, timers), then stops the embedded database, then exits. */
@@ -58,6 +62,9 @@ function shutdown(reason: string, exitCode: number): Promise<void> {
       process.exit(exitCode || 1);
     }, SHUTDOWN_TIMEOUT_MS).unref();
     if (reason.startsWith('SIG')) console.log(`${reason} received, shutting down.`);
+    // A signal during startup lets the step under way finish (main() stops after it), so what it
+    // started — a PostgreSQL being initialised, a pool being opened — is closed below, not orphaned.
+    await startup.catch(() => undefined);
     await app?.close().catch((error: unknown) => console.error(`Closing the app failed: ${message(error)}`));
     await database?.stop().catch((error: unknown) => console.error(`Stopping PostgreSQL failed: ${message(error)}`));
     process.exit(exitCode);
@@ -80,7 +87,8 @@ function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-main().catch((error: unknown) => {
+startup = main();
+startup.catch((error: unknown) => {
   // The message is the fix-it text; a stack trace would bury it.
   console.error(`Could not start the sample API: ${message(error)}`);
   void shutdown('startup failure', 1);

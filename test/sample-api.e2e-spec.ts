@@ -1,6 +1,6 @@
 import { createHmac, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { bootstrapApiKey } from '../sample/sample-app';
@@ -524,4 +524,23 @@ describe('npm start: node dist/sample/main.js on an embedded PostgreSQL', () => 
     expect(secondStop.ms).toBeLessThan(5_000);
     expect(existsSync(path.join(dataDir, 'postgres', 'postmaster.pid'))).toBe(false);
   }, 60_000);
+
+  // Only root hands PostgreSQL to another user; anyone else runs it as themselves and can traverse a 700 folder.
+  const asRoot = process.getuid?.() === 0 ? it : it.skip;
+  asRoot('exits 1 with the fix-it message, and no stack trace, when PostgreSQL cannot reach its data folder', async () => {
+    // Root runs PostgreSQL as "postgres", which cannot traverse a 700 folder (a mktemp -d clone, say).
+    const blocked = path.join(dataDir, 'private');
+    await mkdir(blocked, { mode: 0o700 });
+    await chmod(blocked, 0o700);
+    const env: NodeJS.ProcessEnv = { ...process.env, SAMPLE_DATA_DIR: path.join(blocked, 'data'), PORT: String(port) };
+    delete env.DATABASE_URL;
+    const failing = startSampleProcess(path.join(buildDir, 'sample', 'main.js'), env);
+    started.push(failing);
+    expect(await failing.waitForExit(15_000)).toEqual({ code: 1, signal: null });
+    const stderr = failing.stderr.join('\n');
+    expect(stderr).toContain(`Could not start the sample API: PostgreSQL runs as the unprivileged "postgres" user`);
+    expect(stderr).toContain(`chmod o+x ${blocked}`);
+    expect(stderr).not.toMatch(/^\s+at /m);
+    expect(failing.stdout.filter((line) => line.includes('Bootstrap API key'))).toEqual([]);
+  });
 });

@@ -34,6 +34,8 @@ export interface SampleProcess {
   stderr: string[];
   /** Resolves with the first stdout line matching `pattern`; rejects if the process exits first or on timeout. */
   waitForLine(pattern: RegExp, timeoutMs: number): Promise<string>;
+  /** Resolves with how the process ended on its own; rejects (and kills it) after `timeoutMs`. */
+  waitForExit(timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Sends `signal` and resolves with how the process ended and how long it took. */
   stop(signal: NodeJS.Signals, timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>;
 }
@@ -81,6 +83,14 @@ export function startSampleProcess(mainJs: string, env: NodeJS.ProcessEnv): Samp
         listeners.add(check);
         check();
       });
+    },
+    async waitForExit(timeoutMs) {
+      let timer: NodeJS.Timeout | undefined;
+      const ended = await Promise.race([exited, new Promise<null>((resolve) => (timer = setTimeout(resolve, timeoutMs, null)))]);
+      clearTimeout(timer);
+      if (ended !== null) return ended;
+      child.kill('SIGKILL');
+      throw new Error(`the process did not exit within ${timeoutMs} ms\nstdout:\n${stdout.join('\n')}\nstderr:\n${stderr.join('\n')}`);
     },
     async stop(signal, timeoutMs) {
       const started = Date.now();
