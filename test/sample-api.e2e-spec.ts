@@ -88,6 +88,31 @@ describe('Sample API: /v1/keys on PostgreSQL', () => {
       expect(response.headers['idempotency-replayed']).toBeUndefined();
     });
 
+    it('mints in transactional mode: a mint whose COMMIT fails leaves no key and no record, and its retry mints exactly one', async () => {
+      const name = uniqueName('reject-at-commit');
+      const key = randomUUID();
+      // A check PostgreSQL runs only at COMMIT, after the handler answered.
+      await sample.dataSource.query(`
+        CREATE FUNCTION reject_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.name LIKE 'reject-at-commit%' THEN RAISE EXCEPTION 'rejected at commit'; END IF; RETURN NEW; END $$;
+        CREATE CONSTRAINT TRIGGER reject_at_commit AFTER INSERT ON api_keys DEFERRABLE INITIALLY DEFERRED
+          FOR EACH ROW EXECUTE FUNCTION reject_at_commit();`);
+      let failed: WireResponse;
+      try {
+        failed = await mint({ name }, key);
+      } finally {
+        await sample.dataSource.query('DROP TRIGGER reject_at_commit ON api_keys; DROP FUNCTION reject_at_commit();');
+      }
+      expect(failed.status).toBe(500);
+      expect(failed.json.error.code).toBe('internal_error');
+      const rows = () => sample.dataSource.query('SELECT id FROM api_keys WHERE name = $1', [name]);
+      expect(await rows()).toHaveLength(0);
+      expect(await sample.dataSource.query('SELECT 1 FROM idempotency_keys WHERE idem_key = $1', [key])).toHaveLength(0);
+      const retry = await mint({ name }, key);
+      expect(retry.status).toBe(201);
+      expect(await rows()).toHaveLength(1);
+    });
+
     it('defaults rate_limit_rpm to 60 and works without an Idempotency-Key', async () => {
       const response = await mint({ name: uniqueName('default rate') });
       expect(response.status).toBe(201);

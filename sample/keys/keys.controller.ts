@@ -1,5 +1,6 @@
 import { Controller, Delete, Get, HttpCode, Param, Patch, Post, Query } from '@nestjs/common';
-import { Idempotent } from '../../src';
+import type { EntityManager } from 'typeorm';
+import { Idempotent, IdempotencyTransaction } from '../../src';
 import { ApiError } from '../errors/api-error';
 import { JsonBody } from '../validation/json-body.decorator';
 import { type ApiKeyView, type MintedKeyView, toApiKeyView } from './api-key.view';
@@ -8,8 +9,9 @@ import { KeysService } from './keys.service';
 
 /**
  * The Patomic-style key API. Every route is behind the API key guard; the writes are
- * `@Idempotent()`, so a retry with the same `Idempotency-Key` replays the first answer, and a
- * mint retried after a lost response hands back the same `plain_key` instead of minting another.
+ * `@Idempotent({ transactional: true })`: the row a write changes and the answer stored for its
+ * `Idempotency-Key` commit together, so a retry replays the first answer (a mint retried after a
+ * lost response hands back the same `plain_key`) and a failed request leaves nothing behind.
  */
 @Controller('v1/keys')
 export class KeysController {
@@ -17,9 +19,9 @@ export class KeysController {
 
   /** Mints a key; `plain_key` is in this answer (and its replays) only. */
   @Post()
-  @Idempotent()
-  async mint(@JsonBody() body: unknown): Promise<MintedKeyView> {
-    const { key, plainKey } = await this.keys.mint(parseMintKey(body));
+  @Idempotent({ transactional: true })
+  async mint(@JsonBody() body: unknown, @IdempotencyTransaction() manager: EntityManager): Promise<MintedKeyView> {
+    const { key, plainKey } = await this.keys.mint(parseMintKey(body), manager);
     return { ...toApiKeyView(key), plain_key: plainKey };
   }
 
@@ -38,18 +40,18 @@ export class KeysController {
   }
 
   @Patch(':id')
-  @Idempotent()
-  async update(@Param('id') id: string, @JsonBody() body: unknown): Promise<ApiKeyView> {
+  @Idempotent({ transactional: true })
+  async update(@Param('id') id: string, @JsonBody() body: unknown, @IdempotencyTransaction() manager: EntityManager): Promise<ApiKeyView> {
     if (!isKeyId(id)) throw ApiError.resourceMissing('key', id);
-    return toApiKeyView(found(id, await this.keys.update(id, parseUpdateKey(body))));
+    return toApiKeyView(found(id, await this.keys.update(id, parseUpdateKey(body), manager)));
   }
 
   /** Revokes the key: it stays listed, with `revoked_at` set, and no longer authenticates. */
   @Delete(':id')
-  @Idempotent()
+  @Idempotent({ transactional: true })
   @HttpCode(200)
-  async revoke(@Param('id') id: string): Promise<ApiKeyView> {
-    return toApiKeyView(found(id, isKeyId(id) ? await this.keys.revoke(id) : null));
+  async revoke(@Param('id') id: string, @IdempotencyTransaction() manager: EntityManager): Promise<ApiKeyView> {
+    return toApiKeyView(found(id, isKeyId(id) ? await this.keys.revoke(id, manager) : null));
   }
 }
 

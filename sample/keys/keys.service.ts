@@ -42,9 +42,12 @@ export class KeysService {
     @Inject(API_KEY_SECRET) private readonly secret: Buffer,
   ) {}
 
-  /** Mints a key and stores its hash; the plain key is returned once, here. */
-  mint(input: MintKeyInput): Promise<MintedKey> {
-    return this.insert(this.keys.manager, input);
+  /**
+   * Mints a key and stores its hash; the plain key is returned once, here. Given the request's
+   * idempotency transaction, the key row commits together with the stored answer.
+   */
+  mint(input: MintKeyInput, manager: EntityManager = this.keys.manager): Promise<MintedKey> {
+    return this.insert(manager, input);
   }
 
   /**
@@ -94,26 +97,26 @@ export class KeysService {
   }
 
   /** Applies the changes and returns the key, or null when there is no such key. */
-  async update(id: string, changes: UpdateKeyInput): Promise<ApiKeyEntity | null> {
+  async update(id: string, changes: UpdateKeyInput, manager: EntityManager = this.keys.manager): Promise<ApiKeyEntity | null> {
     const set: Partial<ApiKeyEntity> = {};
     if (changes.name !== undefined) set.name = changes.name;
     if (changes.rateLimitRpm !== undefined) set.rateLimitRpm = changes.rateLimitRpm;
-    if (Object.keys(set).length > 0) await this.keys.update({ id }, set);
-    return this.find(id);
+    if (Object.keys(set).length > 0) await manager.update(ApiKeyEntity, { id }, set);
+    return manager.findOneBy(ApiKeyEntity, { id });
   }
 
   /**
    * Revokes the key and returns it, or null when there is no such key. Revoking twice keeps the
    * first `revoked_at`, so a repeated DELETE (even without an Idempotency-Key) answers the same.
    */
-  async revoke(id: string): Promise<ApiKeyEntity | null> {
-    await this.keys
+  async revoke(id: string, manager: EntityManager = this.keys.manager): Promise<ApiKeyEntity | null> {
+    await manager
       .createQueryBuilder()
-      .update()
+      .update(ApiKeyEntity)
       .set({ revokedAt: () => 'now()' })
       .where('id = :id AND revoked_at IS NULL', { id })
       .execute();
-    return this.find(id);
+    return manager.findOneBy(ApiKeyEntity, { id });
   }
 
   private async insert(manager: EntityManager, input: MintKeyInput): Promise<MintedKey> {
