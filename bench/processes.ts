@@ -137,3 +137,15 @@ export function postgresCpuMs(dataDir: string): number {
 export function formatMb(bytes: number): string {
   return `${(bytes / 1024 / 1024).toFixed(1)}`;
 }
+
+/** CPU time the whole machine spent busy (user, nice, system, steal) so far, in ms, from /proc/stat. */
+export function machineBusyMs(): number {
+  const [, user, nice, system, , , , , steal] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).map(Number);
+  return ((user + nice + system + (steal || 0)) * 1000) / CLOCK_TICKS;
+}
+
+/** This process's CPU time (user + system) so far, in ms. */
+export function ownCpuMs(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1000;
+}
