@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 
-const BEARER = /^bearer[ \t]+(.*)$/i;
+// Spaces and tabs only: String#trim() would also strip U+00A0 and fold two tokens into one scope.
+const BEARER = /^[ \t]*bearer[ \t]+(.*?)[ \t]*$/i;
 
 /**
  * The default scope: the SHA-256 hex of the `Authorization: Bearer` token, so records are per API
@@ -9,6 +10,6 @@ const BEARER = /^bearer[ \t]+(.*)$/i;
 export function bearerTokenScope(request: any): string | undefined {
   const header = (request.raw ?? request).headers?.authorization;
   if (typeof header !== 'string') return undefined;
-  const token = BEARER.exec(header.trim())?.[1].trim();
+  const token = BEARER.exec(header)?.[1];
   return token ? createHash('sha256').update(token).digest('hex') : undefined;
 }

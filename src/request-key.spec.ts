@@ -18,6 +18,9 @@ describe('readRequestKey', () => {
     ['non-ASCII', 'clé'],
     ['a control character', 'a\x01b'],
     ['empty quotes', '""'],
+    ['a space in quotes', '" "'],
+    ['a non-breaking space', '\u00a0'],
+    ['a key ending in a non-breaking space', 'key\u00a0'],
   ])('rejects a value that is %s', (_name, value) => {
     expect(readRequestKey(lines(value))).toEqual({ kind: 'invalid' });
   });

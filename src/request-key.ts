@@ -18,10 +18,12 @@ export function readRequestKey(rawHeaders: readonly string[]): RequestKey {
     }
   }
   if (value === undefined) return { kind: 'absent' };
-  let key = value.trim();
+  // Only the spaces and tabs HTTP allows around a value; String#trim() would also eat non-ASCII
+  // spaces such as U+00A0, turning an invalid key into a valid one.
+  let key = value.replace(/^[ \t]+|[ \t]+$/g, '');
   // The IETF draft sends the key as a structured-field string: "abc" is the same key as abc.
   if (key.length >= 2 && key.startsWith('"') && key.endsWith('"')) key = key.slice(1, -1);
-  if (key.length === 0 || key.length > MAX_KEY_LENGTH || !PRINTABLE_ASCII.test(key) || key.trim().length === 0) {
+  if (key.length === 0 || key.length > MAX_KEY_LENGTH || !PRINTABLE_ASCII.test(key) || !/[^ ]/.test(key)) {
     return { kind: 'invalid' };
   }
   return { kind: 'valid', key };
