@@ -14,7 +14,8 @@ import { LeasedRun } from './leased-run';
 import { errorMessage, keyHash } from './log-format';
 import { readRequestKey } from './request-key';
 import { IdempotencyStore, type ClaimOutcome, type ClaimRequest } from './store/idempotency.store';
-import { TransactionalRun, isTransactionConflict } from './transaction/transactional-run';
+import { isTransactionConflict } from './store/postgres-errors';
+import { TransactionalRun } from './transaction/transactional-run';
 
 /**
  * The one decision point of the module: on a route marked `@Idempotent()` it checks the key, then

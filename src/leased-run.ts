@@ -31,7 +31,8 @@ export class LeasedRun {
     const renewal = setInterval(() => {
       this.store.renew(owner, this.options.lease).then(
         (owned) => {
-          if (!owned) {
+          // A renewal answered after the completion finds the record no longer in flight: not a loss.
+          if (!owned && !finished) {
             clearInterval(renewal);
             publishEvent('lease_lost', trace);
             this.logger.warn(`Lease lost for key ${hash}: another request took it over; this response will not be stored.`);

@@ -10,16 +10,8 @@ import { errorMessage } from '../log-format';
 import type { RunContext } from '../run-context';
 import type { RecordOwner, StoreTransaction } from '../store/idempotency.store';
 import { toStoredResponse } from '../stored-response';
+import { isConnectionFailure, isTransactionConflict } from '../store/postgres-errors';
 import { REQUEST_TRANSACTION } from './idempotency-transaction.decorator';
-
-/** PostgreSQL's serialization_failure and deadlock_detected: the client may simply retry. */
-const RETRYABLE_SQLSTATES = new Set(['40001', '40P01']);
-
-/** Whether an error is a serialization failure or deadlock, raised by pg or wrapped by TypeORM. */
-export function isTransactionConflict(error: unknown): boolean {
-  const candidate = error as { code?: unknown; driverError?: { code?: unknown } } | null;
-  return RETRYABLE_SQLSTATES.has(String(candidate?.code ?? candidate?.driverError?.code));
-}
 
 /**
  * Runs a transactional route's handler inside the request's transaction and decides, once the
@@ -70,6 +62,10 @@ export class TransactionalRun {
         }
         publishEvent('store_error', trace, { status, error: errorMessage(error) });
         this.logger.error(`Commit of a transactional request failed: ${errorMessage(error)}`);
+        // Lost connection: nothing committed, and the client should retry once the database is back.
+        if (isConnectionFailure(error)) {
+          return this.errors.response(IdempotencyErrorCode.StoreUnavailable, exchange, { retryAfter: true });
+        }
         return this.errors.response(IdempotencyErrorCode.InternalError, exchange);
       }
     };
