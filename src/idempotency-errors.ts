@@ -1,12 +1,15 @@
 import { Inject, Injectable } from '@nestjs/common';
 import type { HttpExchange } from './capture/http-exchange';
-import type { ReplacementResponse } from './capture/response-capture';
+import type { Replacement } from './capture/response-capture';
 import { IdempotencyException, describeError, type IdempotencyErrorCode } from './idempotency.exceptions';
 import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
 
 /** Seconds a client is told to wait before retrying a key that is busy or a store that is down. */
 const RETRY_AFTER_SECONDS = '1';
+
+/** Headers that describe a particular answer (besides content-*), dropped when it is replaced. */
+const ANSWER_HEADERS = new Set(['etag', 'last-modified', 'location', 'retry-after', 'transfer-encoding']);
 
 /** How an error is answered: its status (when not the code's own) and whether to add Retry-After. */
 export interface ErrorAnswer {
@@ -26,13 +29,20 @@ export class IdempotencyErrors {
     return new IdempotencyException(details, this.options.formatError(details));
   }
 
-  /** A complete response, for when the exception layer has already answered and its answer must be replaced. */
-  response(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer = {}): ReplacementResponse {
+  /**
+   * A complete response, for when the exception layer has already answered and its answer must be
+   * replaced: headers that describe that answer go, the rest (request ids, CORS) stays.
+   */
+  replacement(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer = {}): Replacement {
     const details = this.details(code, exchange, answer);
     const body = Buffer.from(JSON.stringify(this.options.formatError(details)));
     const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(body.length) };
     if (answer.retryAfter) headers['retry-after'] = RETRY_AFTER_SECONDS;
-    return { status: details.status, headers, body };
+    const { expiresHeader } = this.options;
+    return {
+      response: { status: details.status, headers, body },
+      keepHeader: (name) => !ANSWER_HEADERS.has(name) && !name.startsWith('content-') && name !== expiresHeader,
+    };
   }
 
   private details(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer) {

@@ -133,7 +133,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const { body } = outcome.response;
     if (body === null) throw this.errors.exception(IdempotencyErrorCode.ResponseNotStored, exchange);
     publishEvent('replayed', trace, { status: outcome.response.status });
-    replayResponse(exchange.response, { ...outcome.response, body }, this.unstored, { [REPLAYED_HEADER]: 'true' });
+    replayResponse(exchange.response, { ...outcome.response, body }, (name) => this.unstored.has(name), { [REPLAYED_HEADER]: 'true' });
     return of(undefined);
   }
 

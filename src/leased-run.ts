@@ -65,7 +65,7 @@ export class LeasedRun {
         this.logger.error(`Storing the response for key ${hash} failed: ${errorMessage(error)}`);
       }
     };
-    captureResponse(exchange.response, { streamPast: this.options.maxResponseBytes, keep: unstored }, finish);
+    captureResponse(exchange.response, this.options.maxResponseBytes, finish);
 
     // A response that is destroyed instead of ended (a stream that failed after its headers went
     // out, a client gone while a stream was piping) never reaches the capture: free the key.

@@ -76,7 +76,10 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
     const first = await post('/ledger/bad-commit', key, { note });
     expect(first.status).toBe(500);
     expect(first.json.error).toMatchObject({ type: 'idempotency_error', code: 'internal_error', param: null });
+    // The replaced answer keeps what middleware set (the request id) and drops what described the lost one.
+    expect(first.headers['x-request-id']).toMatch(/^req_/);
     expect(first.headers['x-request-id']).toBe(first.json.error.request_id);
+    expect(first.headers['idempotency-expires-at']).toBeUndefined();
     expect(await ledgerRows(note)).toBe(0);
     expect(await record(key)).toBeUndefined();
     const retry = await post('/ledger/bad-commit', key, { note });

@@ -15,6 +15,15 @@ export interface ReplacementResponse {
   body: Buffer;
 }
 
+/** Which headers already set on the response survive a replacement (e.g. a request id set by middleware). */
+export type KeepHeader = (name: string) => boolean;
+
+/** What `onEnd` may answer instead of the captured response. */
+export interface Replacement {
+  response: ReplacementResponse;
+  keepHeader: KeepHeader;
+}
+
 type WriteCallback = (error?: Error | null) => void;
 
 interface PatchedMethods {
@@ -25,7 +34,7 @@ interface PatchedMethods {
 
 /**
  * Holds back everything written to `response` (status, headers, body) until `onEnd` has settled,
- * then sends it, or the replacement `onEnd` returns (keeping the headers named in `keep`). Patching the Node response object puts the
+ * then sends it, or the replacement `onEnd` returns. Patching the Node response object puts the
  * capture below Nest's serialisation, exception filters and the platform (Express or Fastify), so
  * what is stored is what goes out.
  *
@@ -35,10 +44,10 @@ interface PatchedMethods {
  */
 export function captureResponse(
   response: ServerResponse,
-  options: { streamPast?: number; keep: ReadonlySet<string> },
-  onEnd: (captured: CapturedResponse) => Promise<ReplacementResponse | void>,
+  streamPast: number | undefined,
+  onEnd: (captured: CapturedResponse) => Promise<Replacement | void>,
 ): void {
-  const maxBytes = options.streamPast ?? Infinity;
+  const maxBytes = streamPast ?? Infinity;
   const original = saveMethods(response);
   const chunks: Buffer[] = [];
   let size = 0;
@@ -91,7 +100,7 @@ export function captureResponse(
       .catch(() => undefined)
       .then((replacement) => {
         restoreMethods(response, original);
-        if (replacement && !streaming) sendInstead(response, replacement, options.keep, {}, callback);
+        if (replacement && !streaming) sendInstead(response, replacement.response, replacement.keepHeader, {}, callback);
         else response.end(body ?? tail, callback);
       });
     return response;
@@ -99,14 +108,14 @@ export function captureResponse(
 }
 
 /**
- * Makes `response` send `stored` instead of whatever the application writes: the application's
- * headers are dropped except those named in `keep` (e.g. a request id set by middleware for
- * this request), and `extraHeaders` are added.
+ * Makes `response` send `stored` instead of whatever the application writes: the headers already
+ * set are dropped but those `keepHeader` names (e.g. a request id set by middleware for this
+ * request), and `extraHeaders` are added.
  */
 export function replayResponse(
   response: ServerResponse,
   stored: ReplacementResponse,
-  keep: ReadonlySet<string>,
+  keepHeader: KeepHeader,
   extraHeaders: Record<string, string>,
 ): void {
   const original = saveMethods(response);
@@ -118,20 +127,20 @@ export function replayResponse(
   response.end = ((...args: unknown[]) => {
     restoreMethods(response, original);
     const callback = args.find((arg) => typeof arg === 'function') as WriteCallback | undefined;
-    sendInstead(response, stored, keep, extraHeaders, callback);
+    sendInstead(response, stored, keepHeader, extraHeaders, callback);
     return response;
   }) as ServerResponse['end'];
 }
 
-/** Replaces the status, headers (but those in `keep`) and body of a response not yet sent, and sends it. */
+/** Replaces the status, headers (but those `keepHeader` names) and body of a response not yet sent, and sends it. */
 function sendInstead(
   response: ServerResponse,
   replacement: ReplacementResponse,
-  keep: ReadonlySet<string>,
+  keepHeader: KeepHeader,
   extraHeaders: Record<string, string>,
   callback: WriteCallback | undefined,
 ): void {
-  for (const name of response.getHeaderNames()) if (!keep.has(name)) response.removeHeader(name);
+  for (const name of response.getHeaderNames()) if (!keepHeader(name)) response.removeHeader(name);
   for (const [name, value] of Object.entries(replacement.headers)) response.setHeader(name, value);
   for (const [name, value] of Object.entries(extraHeaders)) response.setHeader(name, value);
   response.statusCode = replacement.status;

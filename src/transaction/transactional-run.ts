@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
 import { type Observable, catchError, throwError } from 'rxjs';
-import { captureResponse, type CapturedResponse, type ReplacementResponse } from '../capture/response-capture';
+import { captureResponse, type CapturedResponse, type Replacement } from '../capture/response-capture';
 import { IdempotencyErrorCode } from '../idempotency.exceptions';
 import { IdempotencyErrors } from '../idempotency-errors';
 import type { ResolvedIdempotencyOptions } from '../idempotency-options.interface';
@@ -45,7 +45,7 @@ export class TransactionalRun {
       await transaction.rollback();
       if (owner) publishEvent('released', trace, { status });
     };
-    const finish = async (captured: CapturedResponse): Promise<ReplacementResponse | void> => {
+    const finish = async (captured: CapturedResponse): Promise<Replacement | void> => {
       const { status } = captured;
       if (status >= 500 || conflict || (handlerThrew && !owner)) return rollBack(status);
       try {
@@ -58,18 +58,18 @@ export class TransactionalRun {
       } catch (error) {
         await rollBack(status);
         if (isTransactionConflict(error)) {
-          return this.errors.response(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true });
+          return this.errors.replacement(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true });
         }
         publishEvent('store_error', trace, { status, error: errorMessage(error) });
         this.logger.error(`Commit of a transactional request failed: ${errorMessage(error)}`);
         // Lost connection: nothing committed, and the client should retry once the database is back.
         if (isConnectionFailure(error)) {
-          return this.errors.response(IdempotencyErrorCode.StoreUnavailable, exchange, { retryAfter: true });
+          return this.errors.replacement(IdempotencyErrorCode.StoreUnavailable, exchange, { retryAfter: true });
         }
-        return this.errors.response(IdempotencyErrorCode.InternalError, exchange);
+        return this.errors.replacement(IdempotencyErrorCode.InternalError, exchange);
       }
     };
-    captureResponse(exchange.response, { keep: unstored }, finish);
+    captureResponse(exchange.response, undefined, finish);
 
     return next.handle().pipe(
       catchError((error: unknown) => {
