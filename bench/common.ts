@@ -9,12 +9,14 @@ export const REQUEST_BODY = JSON.stringify({ amount: 1999, currency: 'usd', desc
 export const ROUTES = {
   /** The handler with `@Idempotent()`: `first` and `replay` in the app with the module. */
   idempotent: '/payments',
+  /** The same handler with `@Idempotent({ transactional: true })` (`first-tx`, BENCH_EXTRA=1). */
+  transactional: '/payments/transactional',
   /** The same handler without `@Idempotent()`: `bare` (app without the module) and `untouched` (app with it). */
   plain: '/plain/payments',
-  /** The same handler wrapped in hand-written SQL. */
-  naive: '/naive/payments',
+  /** The same handler wrapped in hand-written SQL (BENCH_NAIVE=raw: `/naive-raw/…`, answering past Nest's reply path). */
+  naive: process.env.BENCH_NAIVE === 'raw' ? '/naive-raw/payments' : '/naive/payments',
   /** One SELECT by key, answering the stored response. */
-  naiveReplay: '/naive/replay',
+  naiveReplay: process.env.BENCH_NAIVE === 'raw' ? '/naive-raw/replay' : '/naive/replay',
   /** The same handler, padded to `BIG_RESPONSE_BYTES`, with and without `@Idempotent()` (memory bench). */
   bigIdempotent: '/big/payments',
   bigPlain: '/big/plain',

@@ -6,7 +6,20 @@
  * Env: BENCH_PLATFORM=express|fastify, BENCH_MODULE=1|0, DATABASE_URL, BENCH_MAX_RESPONSE_BYTES.
  */
 import 'reflect-metadata';
-import { Body, Controller, type DynamicModule, Inject, Injectable, Module, Post, Req, Res } from '@nestjs/common';
+import {
+  BadRequestException,
+  Body,
+  ConflictException,
+  Controller,
+  type DynamicModule,
+  Inject,
+  Injectable,
+  Module,
+  NotFoundException,
+  Post,
+  Req,
+  Res,
+} from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
@@ -38,6 +51,12 @@ class PaymentsController {
   @Post('payments') @Idempotent()
   create(@Body() body: Record<string, unknown>) {
     return payment(this.counter.next('payments'), body);
+  }
+
+  /** The module's transactional mode: claim, handler and stored response in one transaction. */
+  @Post('payments/transactional') @Idempotent({ transactional: true })
+  createTransactional(@Body() body: Record<string, unknown>) {
+    return payment(this.counter.next('transactional'), body);
   }
 
   @Post('plain/payments')
@@ -93,6 +112,10 @@ function keyAndScope(request: any): { key: string; scope: string } | null {
   return { key, scope: createHash('sha256').update(token).digest('hex') };
 }
 
+/**
+ * The hand-written baseline, answering through Nest's reply path like the bare handler and the
+ * module do (the handler returns its value; the replay returns the stored JSON text).
+ */
 @Controller('naive')
 class NaiveController {
   constructor(
@@ -101,6 +124,64 @@ class NaiveController {
   ) {}
 
   /** BEGIN; INSERT … ON CONFLICT DO NOTHING RETURNING; handler; UPDATE with the response; COMMIT. */
+  @Post('payments')
+  async create(@Req() request: any, @Res({ passthrough: true }) reply: Reply) {
+    const id = keyAndScope(request);
+    if (!id) throw new BadRequestException('key and bearer token required');
+    const body = request.body;
+    const fingerprint = naiveFingerprint('POST', request.url, body);
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      const inserted = await client.query({ ...NAIVE_INSERT, values: [id.scope, id.key, fingerprint] });
+      if (inserted.rowCount === 0) {
+        await client.query('ROLLBACK');
+        const [row] = (await client.query({ ...NAIVE_SELECT, values: [id.scope, id.key] })).rows;
+        if (!row || row.fingerprint !== fingerprint || row.response_status === null) throw new ConflictException();
+        return answerStored(reply, row);
+      }
+      const result = payment(this.counter.next('naive'), body);
+      await client.query({ ...NAIVE_COMPLETE, values: [id.scope, id.key, 201, { 'content-type': JSON_TYPE }, Buffer.from(JSON.stringify(result))] });
+      await client.query('COMMIT');
+      return result;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  /** The baseline's replay: one SELECT by key. */
+  @Post('replay')
+  async replay(@Req() request: any, @Res({ passthrough: true }) reply: Reply) {
+    const id = keyAndScope(request);
+    if (!id) throw new BadRequestException('key and bearer token required');
+    const fingerprint = naiveFingerprint('POST', request.url, request.body);
+    const [row] = (await this.pool.query({ ...NAIVE_SELECT, values: [id.scope, id.key] })).rows;
+    if (!row) throw new NotFoundException('unknown key');
+    if (row.fingerprint !== fingerprint) throw new ConflictException();
+    return answerStored(reply, row);
+  }
+}
+
+function answerStored(reply: Reply, row: { response_status: number; response_headers: Record<string, string>; response_body: Buffer }): string {
+  reply.status(row.response_status);
+  for (const [name, value] of Object.entries({ ...row.response_headers, 'idempotency-replayed': 'true' })) reply.header(name, value);
+  return row.response_body.toString();
+}
+
+/**
+ * The same baseline writing its answers itself (`@Res()`), past Nest's reply path: what a
+ * hand-written version can save over anything that runs inside Nest's pipeline (BENCH_NAIVE=raw).
+ */
+@Controller('naive-raw')
+class RawNaiveController {
+  constructor(
+    private readonly counter: Counter,
+    @Inject(NAIVE_POOL) private readonly pool: Pool,
+  ) {}
+
   @Post('payments')
   async create(@Req() request: any, @Res() reply: Reply) {
     const id = keyAndScope(request);
@@ -130,7 +211,6 @@ class NaiveController {
     }
   }
 
-  /** The baseline's replay: one SELECT by key. */
   @Post('replay')
   async replay(@Req() request: any, @Res() reply: Reply) {
     const id = keyAndScope(request);
@@ -152,7 +232,7 @@ class BenchAppModule {
         TypeOrmModule.forRoot({ type: 'postgres', url: databaseUrl, autoLoadEntities: true, synchronize: false, extra: { max: 10 } }),
         ...(withModule ? [IdempotencyModule.forRoot({ maxResponseBytes })] : []),
       ],
-      controllers: [PaymentsController, NaiveController],
+      controllers: [PaymentsController, NaiveController, RawNaiveController],
       providers: [
         Counter,
         { provide: NAIVE_POOL, useFactory: () => new Pool({ connectionString: databaseUrl, max: 10 }) },
