@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -9,6 +9,7 @@ const ROOT = process.cwd();
 /** Compiles a test entry point (and what it imports) to CommonJS in a temporary folder; returns the compiled file. */
 export function compileEntry(entry: string): string {
   const outDir = mkdtempSync(path.join(os.tmpdir(), 'child-app-'));
+  process.once('exit', () => rmSync(outDir, { recursive: true, force: true }));
   const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
   const args = [tsc, path.join(ROOT, entry), '--outDir', outDir, '--rootDir', ROOT, '--module', 'commonjs', '--moduleResolution', 'node', '--target', 'ES2022', '--experimentalDecorators', '--emitDecoratorMetadata', '--esModuleInterop', '--skipLibCheck', '--types', 'node'];
   const result = spawnSync(process.execPath, args, { cwd: ROOT, encoding: 'utf8' });
