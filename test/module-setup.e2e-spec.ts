@@ -124,6 +124,36 @@ describe('Module setup', () => {
     expect(app.get(IdempotencyService)).toBeDefined();
   });
 
+  it('renders errors with formatError and docsUrl when given', async () => {
+    const { url } = await boot([
+      typeorm(),
+      IdempotencyModule.forRoot({
+        formatError: (error) => ({ problem: error.code, status: error.status, docs: error.docsUrl }),
+        docsUrl: (code) => `https://example.test/${code}`,
+      }),
+    ]);
+    const answer = await send(url, { path: '/orders', headers: authed(randomUUID(), '') });
+    expect(answer.status).toBe(400);
+    expect(answer.json).toEqual({ problem: 'invalid_idempotency_key', status: 400, docs: 'https://example.test/invalid_idempotency_key' });
+  });
+
+  it('scopes records with a custom resolver, and runs unscoped requests without idempotency when told to bypass', async () => {
+    const { url } = await boot([
+      typeorm(),
+      IdempotencyModule.forRoot({ scope: (request) => request.headers['x-tenant'], onUnresolvedScope: 'bypass' }),
+    ]);
+    const key = randomUUID();
+    const asTenant = (tenant?: string) =>
+      send(url, { path: '/orders', headers: tenant ? [['X-Tenant', tenant], ['Idempotency-Key', key]] : [['Idempotency-Key', key]] });
+    const first = await asTenant('acme');
+    expect((await asTenant('acme')).body.equals(first.body)).toBe(true);
+    expect((await asTenant('globex')).body.equals(first.body)).toBe(false);
+    const unscoped = [await asTenant(), await asTenant()];
+    expect(unscoped.map((answer) => answer.status)).toEqual([201, 201]);
+    expect(unscoped[1].headers['idempotency-replayed']).toBeUndefined();
+    expect(unscoped[0].body.equals(unscoped[1].body)).toBe(false);
+  });
+
   it.each([
     ['a TTL of 0', { ttl: 0 }, /"ttl" must be a positive integer/],
     ['a lease as long as the TTL', { ttl: 1000, lease: 1000 }, /"lease" \(1000 ms\) must be shorter than "ttl"/],
