@@ -485,6 +485,7 @@ describe('npm start: node dist/sample/main.js on an embedded PostgreSQL', () => 
   beforeAll(async () => {
     expect(existsSync(path.join(repositoryRoot, 'tsconfig.build.json'))).toBe(true);
     // Inside the repository (for node_modules) but apart from the dist/ that `npm run build` owns.
+    await mkdir(path.join(repositoryRoot, 'dist'), { recursive: true }); // a fresh clone has none
     buildDir = await mkdtemp(path.join(repositoryRoot, 'dist', '.sample-e2e-'));
     dataDir = await mkdtemp(path.join(os.tmpdir(), 'sample-data-'));
     // mkdtemp makes it 700; as root, PostgreSQL runs as "postgres" and must traverse it (main.ts makes .data/ 711).
