@@ -93,7 +93,8 @@ export function captureResponse(
       }
     }
     if (!streaming && size > maxBytes) startStreaming();
-    const body = streaming ? null : Buffer.concat(chunks);
+    // One chunk (res.send, res.json) is the body as it is: no copy.
+    const body = streaming ? null : chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
     const captured: CapturedResponse = { status: response.statusCode, headers: response.getHeaders(), body };
     // Whatever onEnd does (it must not throw), the client gets an answer afterwards.
     void onEnd(captured)
