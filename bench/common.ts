@@ -41,8 +41,6 @@ export function moduleFingerprint(path: string): string {
     url: path,
     hasBody: true,
     body: JSON.parse(REQUEST_BODY),
-    contentType: 'application/json',
-    contentLength: String(Buffer.byteLength(REQUEST_BODY)),
   });
 }
 

@@ -1,4 +1,4 @@
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, randomUUID, type Hash } from 'node:crypto';
 
 /** What the fingerprint is computed from: the concrete request, not the route template. */
 export interface FingerprintInput {
@@ -9,8 +9,6 @@ export interface FingerprintInput {
   hasBody: boolean;
   /** The parsed body (JSON object, array, string, Buffer...) as the platform's body parser left it. */
   body: unknown;
-  contentType?: string;
-  contentLength?: string;
 }
 
 /**
@@ -23,8 +21,9 @@ export function fingerprintRequest(input: FingerprintInput): string {
   if (!input.hasBody) hash.update('none');
   else if (Buffer.isBuffer(input.body) || input.body instanceof Uint8Array) hash.update('raw:').update(input.body);
   else if (typeof input.body === 'string') hash.update('raw:').update(input.body, 'utf8');
-  // A body no parser read is invisible here; its type and length are all there is to compare.
-  else if (input.body === undefined) hash.update(`unparsed:${input.contentType ?? ''}:${input.contentLength ?? ''}`);
+  // A body no parser read is invisible here, so two such requests can never be proven the same:
+  // each gets a fingerprint of its own, and a retry is a conflict rather than a wrong replay.
+  else if (input.body === undefined) hash.update(`unparsed:${randomUUID()}`);
   else {
     hash.update('json:');
     hashCanonicalJson(hash, input.body);

@@ -286,6 +286,18 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
       expect(errorOf(response).code).toBe('idempotency_key_conflict');
     });
 
+    it('never replays a body no parser read: a different binary body of the same length is a conflict', async () => {
+      const key = randomUUID();
+      const binary = [['Content-Type', 'application/x-unparsed']] as [string, string][];
+      const first = await post('/things', key, Buffer.from('aaaa'), binary);
+      // Fastify refuses a content type it has no parser for (415) before the module runs.
+      if (platform === 'fastify') return expect(first.status).toBe(415);
+      expect(first.status).toBe(201);
+      const other = await post('/things', key, Buffer.from('bbbb'), binary);
+      expect(other.status).toBe(409);
+      expect(errorOf(other).code).toBe('idempotency_key_conflict');
+    });
+
     it('tells no body from an empty JSON object', async () => {
       const key = randomUUID();
       expect((await post('/things', key)).status).toBe(201);

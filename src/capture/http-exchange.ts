@@ -11,8 +11,6 @@ export interface HttpExchange {
   body: unknown;
   /** The request carried a body. */
   hasBody: boolean;
-  contentType?: string;
-  contentLength?: string;
 }
 
 /**
@@ -31,7 +29,5 @@ export function toHttpExchange(request: any, response: any): HttpExchange {
     // A chunked request counts as having a body only if a parser found one in it: an empty
     // chunked request is the same request as one with no body.
     hasBody: (length !== undefined && length !== '0') || (raw.headers['transfer-encoding'] !== undefined && request.body !== undefined),
-    contentType: raw.headers['content-type'],
-    contentLength: length,
   };
 }
