@@ -17,7 +17,7 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
   beforeAll(async () => {
     database = await createTestDatabase();
     // A pool of 5 connections, to show that duplicates never hold one while they wait.
-    app = await bootFixture(database.url, { controllers: [LedgerController], platform, poolSize: 5 });
+    app = await bootFixture(database.url, { controllers: [LedgerController], platform, poolSize: 5, options: { isolation: 'REPEATABLE READ' } });
     await app.dataSource.query(LEDGER_SCHEMA);
   });
   afterAll(async () => {
@@ -86,6 +86,18 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
     expect(retry.status).toBe(201);
     expect(retry.json).toEqual({ attempt: 2 });
     expect(await ledgerRows(note)).toBe(1);
+  });
+
+  it('runs transactional routes at the module-level isolation option', async () => {
+    expect((await post('/ledger/isolation', randomUUID())).json.isolation).toBe('repeatable read');
+  });
+
+  it('answers 500 internal_error when the handler left the transaction aborted, keeping none of its writes', async () => {
+    const note = randomUUID();
+    const answer = await post('/ledger/swallow', randomUUID(), { note });
+    expect(answer.status).toBe(500);
+    expect(answer.json.error.code).toBe('internal_error');
+    expect(await ledgerRows(note)).toBe(0);
   });
 
   it('runs a request without a key inside a transaction too, storing nothing', async () => {

@@ -189,6 +189,16 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
       expect(fixture.probe.count('text')).toBe(before + 1);
     });
 
+    it('keeps a record for 24 hours from its first claim by default', async () => {
+      const key = randomUUID();
+      await post('/things', key, { a: 1 });
+      const [{ exact }] = await fixture.dataSource.query(
+        `SELECT (expires_at - created_at) = interval '24 hours' AS exact FROM idempotency_keys WHERE idem_key = $1`,
+        [key],
+      );
+      expect(exact).toBe(true);
+    });
+
     it('replays a JSON body whose keys the client reordered', async () => {
       const key = randomUUID();
       const first = await post('/things', key, { a: 1, b: { c: 2, d: 3 } });

@@ -62,6 +62,20 @@ export class LedgerController {
     return { id };
   }
 
+  @Post('isolation') @Idempotent({ transactional: true })
+  async isolation(@IdempotencyTransaction() manager: EntityManager) {
+    const [row] = await manager.query('SHOW transaction_isolation');
+    return { isolation: row.transaction_isolation };
+  }
+
+  @Post('swallow') @Idempotent({ transactional: true })
+  async swallow(@Body() body: Note, @IdempotencyTransaction() manager: EntityManager) {
+    await this.write(manager, body.note);
+    // The handler swallows a failed statement: the transaction is aborted, COMMIT would roll back.
+    await manager.query('SELECT 1/0').catch(() => undefined);
+    return { ok: true };
+  }
+
   @Post('increment') @Idempotent({ transactional: true, isolation: 'SERIALIZABLE' })
   async increment(@Param('gate') _gate: string, @IdempotencyTransaction() manager: EntityManager) {
     this.probe.hit('increment');

@@ -1,0 +1,11 @@
+import { IdempotencyErrorCode, defaultDocsUrl, describeError } from './idempotency.exceptions';
+
+describe('describeError', () => {
+  it.each(Object.values(IdempotencyErrorCode))('gives %s a message, a suggestion, the default docs_url and the right param', (code) => {
+    const details = describeError(code, { requestId: null, docsUrl: defaultDocsUrl });
+    expect(details.message.length).toBeGreaterThan(10);
+    expect(details.suggestion.length).toBeGreaterThan(10);
+    expect(details.docsUrl).toBe(`https://docs.patomic.dev/errors/${code.replace(/_/g, '-')}`);
+    expect(details.param).toBe(code === 'invalid_idempotency_key' || code === 'missing_idempotency_key' ? 'Idempotency-Key' : null);
+  });
+});
