@@ -269,10 +269,16 @@ describe.each(PLATFORMS)('Bad input never breaks the module (%s)', (platform) =>
         }
         expect(runs()).toBe(before + 1);
         const retry = await send(request);
+        expect(runs()).toBe(before + 1);
+        // A body no parser read (Express, a content type it has no parser for) cannot be proven the
+        // same request: its retry is a conflict, never a replay of something else.
+        if (retry.status === 409 && platform === 'express') {
+          expect(JSON.parse(retry.body.toString()).error.code).toBe('idempotency_key_conflict');
+          return;
+        }
         expect(retry.status).toBe(answer.status);
         expect(retry.headers['idempotency-replayed']).toEqual(['true']);
         expect(retry.body.equals(answer.body)).toBe(true);
-        expect(runs()).toBe(before + 1);
       }),
       { numRuns: 100 },
     );
