@@ -1,4 +1,4 @@
-import type { IdempotencyErrorBody, IdempotencyErrorDetails } from './idempotency.exceptions';
+import type { IdempotencyErrorDetails } from './idempotency.exceptions';
 import type { IsolationLevel } from './store/idempotency.store';
 
 /** Resolves the caller ("API key") that records are scoped to; `undefined` means unresolved. */
@@ -58,4 +58,4 @@ export interface IdempotentRouteOptions {
   isolation?: IsolationLevel;
 }
 
-export type { IdempotencyErrorBody, IdempotencyErrorDetails, IsolationLevel };
+export type { IsolationLevel };

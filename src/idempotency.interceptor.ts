@@ -13,6 +13,7 @@ import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
 import { LeasedRun } from './leased-run';
 import { errorMessage, keyHash } from './log-format';
 import { readRequestKey } from './request-key';
+import type { RunContext } from './run-context';
 import { IdempotencyStore, type ClaimOutcome, type ClaimRequest } from './store/idempotency.store';
 import { isTransactionConflict } from './store/postgres-errors';
 import { TransactionalRun } from './transaction/transactional-run';
@@ -60,18 +61,18 @@ export class IdempotencyInterceptor implements NestInterceptor {
 
     const claim = await this.claimRequest(exchange, route, http.getRequest());
     if (claim) trace.keyHash = keyHash(claim.scope, claim.key);
+    const run: RunContext = { exchange, trace, unstored: this.unstored };
     if (!route.transactional) {
       if (!claim) return next.handle();
       const outcome = await this.store.claim(claim).catch((error: unknown) => this.storeFailed(error, trace, exchange));
       if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange);
       this.claimed(outcome.expiresAt, trace, exchange);
-      return this.leasedRun.run({ exchange, trace, unstored: this.unstored }, outcome.owner, next);
+      return this.leasedRun.run(run, outcome.owner, next);
     }
 
     const transaction = await this.store
       .begin(route.isolation ?? this.options.isolation)
       .catch((error: unknown) => this.storeFailed(error, trace, exchange));
-    const run = { exchange, trace, unstored: this.unstored };
     if (!claim) return this.transactionalRun.run(run, http.getRequest(), transaction, undefined, next);
     let outcome: ClaimOutcome;
     try {
