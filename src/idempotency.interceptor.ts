@@ -21,7 +21,8 @@ import { TransactionalRun } from './transaction/transactional-run';
 /**
  * The one decision point of the module: on a route marked `@Idempotent()` it checks the key, then
  * the scope, then claims the key, and either runs the handler (capturing its response for the
- * record) or answers from the record. Routes not marked pass straight through.
+ * record) or answers from the record. Reached only through the interceptor `@Idempotent()` binds
+ * to its routes (idempotency-route.interceptor.ts); safe methods pass straight through.
  */
 @Injectable()
 export class IdempotencyInterceptor implements NestInterceptor {

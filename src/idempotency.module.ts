@@ -1,5 +1,5 @@
 import { type DynamicModule, Module } from '@nestjs/common';
-import { APP_INTERCEPTOR, DiscoveryModule } from '@nestjs/core';
+import { DiscoveryModule } from '@nestjs/core';
 import { TypeOrmModule, getDataSourceToken } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
 import { IdempotencyConfigurationError } from './idempotency.exceptions';
@@ -64,7 +64,7 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
       LeasedRun,
       TransactionalRun,
       TransactionalRoutesValidator,
-      { provide: APP_INTERCEPTOR, useClass: IdempotencyInterceptor },
+      IdempotencyInterceptor,
     ],
     exports: [...(definition.exports ?? []), IdempotencyService, IdempotencyStore],
   };

@@ -1,4 +1,5 @@
-import { SetMetadata, type CustomDecorator } from '@nestjs/common';
+import { SetMetadata, UseInterceptors, type CustomDecorator } from '@nestjs/common';
+import { IdempotencyRouteInterceptor } from './idempotency-route.interceptor';
 import { IDEMPOTENT_ROUTE_METADATA } from './idempotency.constants';
 import type { IdempotentRouteOptions } from './idempotency-options.interface';
 import { scheduleOpenApiDocumentation } from './openapi/openapi-metadata';
@@ -19,13 +20,16 @@ import { scheduleOpenApiDocumentation } from './openapi/openapi-metadata';
  */
 export const Idempotent = (options: IdempotentRouteOptions = {}): CustomDecorator<string> => {
   const setMetadata = SetMetadata(IDEMPOTENT_ROUTE_METADATA, options);
+  const bindInterceptor = UseInterceptors(IdempotencyRouteInterceptor);
   const decorator = (target: object, key?: string | symbol, descriptor?: PropertyDescriptor) => {
     // On a handler, `target` is the prototype; on a controller, the class.
     if (key !== undefined && descriptor) {
       scheduleOpenApiDocumentation(target.constructor);
+      bindInterceptor(target, key, descriptor);
       return setMetadata(target, key, descriptor);
     }
     scheduleOpenApiDocumentation(target as Function);
+    bindInterceptor(target as Function);
     return setMetadata(target as Function);
   };
   decorator.KEY = IDEMPOTENT_ROUTE_METADATA;

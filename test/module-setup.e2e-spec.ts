@@ -22,6 +22,22 @@ class OrdersController {
   }
 }
 
+let refundRuns = 0;
+
+/** Marked twice: on the controller and, with options of its own, on the handler. */
+@Controller('refunds') @Idempotent()
+class RefundsController {
+  @Post() @Idempotent({ required: true })
+  create() {
+    refundRuns++;
+    return { id: randomUUID() };
+  }
+}
+
+/** A feature module of the host: its controller sees none of IdempotencyModule's providers. */
+@Module({ controllers: [RefundsController] })
+class RefundsModule {}
+
 const OPTIONS_SOURCE = 'OPTIONS_SOURCE';
 
 /** Stands in for a ConfigService: options come from another module's provider. */
@@ -87,6 +103,19 @@ describe('Module setup', () => {
   it('works with forRoot() and no arguments', async () => {
     const { url } = await boot([typeorm(), IdempotencyModule.forRoot()]);
     expect(await conflictStatus(url)).toBe(409);
+  });
+
+  it('serves a route of a feature module marked on both its controller and its handler, once per key', async () => {
+    const { url } = await boot([typeorm(), IdempotencyModule.forRoot(), RefundsModule]);
+    const headers = authed(randomUUID(), randomUUID());
+    const first = await send(url, { path: '/refunds', headers, body: { n: 1 } });
+    expect(first.status).toBe(201);
+    const retry = await send(url, { path: '/refunds', headers, body: { n: 1 } });
+    expect(retry.headers['idempotency-replayed']).toBe('true');
+    expect(retry.body).toEqual(first.body);
+    expect(refundRuns).toBe(1);
+    // The handler's own options win over its controller's.
+    expect((await send(url, { path: '/refunds', headers: authed(randomUUID()), body: { n: 1 } })).status).toBe(400);
   });
 
   it('takes options from a factory with injected dependencies (forRootAsync useFactory)', async () => {
@@ -169,5 +198,11 @@ describe('Module setup', () => {
   it('says how to fix a missing TypeORM connection', async () => {
     await expect(boot([IdempotencyModule.forRoot()])).rejects.toThrow(/cannot find the default TypeORM DataSource\. Import TypeOrmModule\.forRoot/);
     await expect(boot([typeorm({ manualInitialization: true }), IdempotencyModule.forRoot({ dataSource: 'nope' })])).rejects.toThrow(/named "nope"/);
+  });
+
+  it('says how to fix a route marked @Idempotent() in an application without the module', async () => {
+    const attempt = boot([typeorm({ manualInitialization: true })]);
+    await expect(attempt).rejects.toThrow(IdempotencyConfigurationError);
+    await expect(attempt).rejects.toThrow(/Add IdempotencyModule\.forRoot\(\) to the imports/);
   });
 });

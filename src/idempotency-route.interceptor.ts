@@ -1,0 +1,39 @@
+import { Injectable, type CallHandler, type ExecutionContext, type NestInterceptor, type OnModuleInit } from '@nestjs/common';
+import { ModuleRef } from '@nestjs/core';
+import type { Observable } from 'rxjs';
+import { IdempotencyConfigurationError } from './idempotency.exceptions';
+import { IdempotencyInterceptor } from './idempotency.interceptor';
+
+/** Marks a request the module has already taken in hand. */
+const INTERCEPTED = Symbol('idempotency:intercepted');
+
+/**
+ * What `@Idempotent()` binds to its routes. Binding per route, instead of one global interceptor,
+ * keeps routes without the decorator out of any interceptor chain: they cost nothing. Nest builds
+ * this class in the module of each controller, where the module's own providers may not be
+ * visible, so it only asks for ModuleRef and forwards to the module's interceptor.
+ */
+@Injectable()
+export class IdempotencyRouteInterceptor implements NestInterceptor, OnModuleInit {
+  private target!: IdempotencyInterceptor;
+
+  constructor(private readonly moduleRef: ModuleRef) {}
+
+  onModuleInit(): void {
+    try {
+      this.target = this.moduleRef.get(IdempotencyInterceptor, { strict: false });
+    } catch {
+      throw new IdempotencyConfigurationError(
+        'A route is marked @Idempotent() but IdempotencyModule is not part of the application. Add IdempotencyModule.forRoot() to the imports of the root module.',
+      );
+    }
+  }
+
+  intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
+    // @Idempotent() on a controller and on one of its handlers binds this twice to that route.
+    const request = context.switchToHttp().getRequest();
+    if (request[INTERCEPTED]) return next.handle();
+    request[INTERCEPTED] = true;
+    return this.target.intercept(context, next);
+  }
+}
