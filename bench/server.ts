@@ -1,7 +1,7 @@
 /**
  * One app under test, run in its own process (forked by the orchestrator, which talks to it over
  * IPC). The same controllers in every app; the only difference between the two apps of a platform
- * is whether `IdempotencyModule` is imported.
+ * is whether `IdempotencyModule` is imported, with the controller of the routes marked `@Idempotent()`.
  *
  * Env: BENCH_PLATFORM=express|fastify, BENCH_MODULE=1|0, DATABASE_URL, BENCH_MAX_RESPONSE_BYTES.
  */
@@ -43,9 +43,25 @@ class Counter {
   }
 }
 
-/** The handler under test, with and without `@Idempotent()`. */
+/** The handler under test, without `@Idempotent()`: in both apps. */
 @Controller()
 class PaymentsController {
+  constructor(private readonly counter: Counter) {}
+
+  @Post('plain/payments')
+  plain(@Body() body: Record<string, unknown>) {
+    return payment(this.counter.next('plain'), body);
+  }
+
+  @Post('big/plain')
+  bigPlain(@Body() body: Record<string, unknown>) {
+    return { ...payment(this.counter.next('big-plain'), body), padding: PADDING };
+  }
+}
+
+/** The same handler with `@Idempotent()`: only in the app that imports the module. */
+@Controller()
+class IdempotentPaymentsController {
   constructor(private readonly counter: Counter) {}
 
   @Post('payments') @Idempotent()
@@ -59,19 +75,9 @@ class PaymentsController {
     return payment(this.counter.next('transactional'), body);
   }
 
-  @Post('plain/payments')
-  plain(@Body() body: Record<string, unknown>) {
-    return payment(this.counter.next('plain'), body);
-  }
-
   @Post('big/payments') @Idempotent()
   big(@Body() body: Record<string, unknown>) {
     return { ...payment(this.counter.next('big'), body), padding: PADDING };
-  }
-
-  @Post('big/plain')
-  bigPlain(@Body() body: Record<string, unknown>) {
-    return { ...payment(this.counter.next('big-plain'), body), padding: PADDING };
   }
 }
 
@@ -232,7 +238,7 @@ class BenchAppModule {
         TypeOrmModule.forRoot({ type: 'postgres', url: databaseUrl, autoLoadEntities: true, synchronize: false, extra: { max: 10 } }),
         ...(withModule ? [IdempotencyModule.forRoot({ maxResponseBytes })] : []),
       ],
-      controllers: [PaymentsController, NaiveController, RawNaiveController],
+      controllers: [PaymentsController, NaiveController, RawNaiveController, ...(withModule ? [IdempotentPaymentsController] : [])],
       providers: [
         Counter,
         { provide: NAIVE_POOL, useFactory: () => new Pool({ connectionString: databaseUrl, max: 10 }) },

@@ -77,13 +77,14 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     const gate = `renew-${key}`;
     const pending = post(first, `/things/slow/${gate}`, key);
     await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+    const claimedFence = (await row(key)).fence;
     await new Promise((resolve) => setTimeout(resolve, 1400)); // 3.5 leases of 400 ms
     const busy = await post(second, `/things/slow/${gate}`, key);
     expect(busy.status).toBe(409);
     expect(second.probe.count(`slow:${gate}`)).toBe(0);
     first.probe.gate(gate).open();
     expect((await pending).status).toBe(201);
-    expect((await row(key)).fence).toBe(1);
+    expect((await row(key)).fence).toBe(claimedFence);
   });
 
   it('lets a retry take over a claim whose owner died, once its lease ran out', async () => {
@@ -112,6 +113,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     const gate = `fence-${key}`;
     const late = post(first, `/things/slow/${gate}`, key);
     await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+    const lateFence = (await row(key)).fence;
     // Simulate a stalled owner: its lease runs out without renewal and a retry takes the key.
     await first.dataSource.query(`UPDATE idempotency_keys SET lease_expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [scopeOf(token), key]);
     const takeover = post(second, `/things/slow/${gate}`, key);
@@ -125,7 +127,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     const replay = await post(first, `/things/slow/${gate}`, key);
     expect(replay.body.equals(ownerAnswer.body)).toBe(true);
     expect(replay.body.equals(lateAnswer.body)).toBe(false);
-    expect((await row(key)).fence).toBe(2);
+    expect((await row(key)).fence).toBe(lateFence + 1);
   });
 
   it('checks the fencing token on renew, complete and release in the store', async () => {
@@ -143,6 +145,20 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     expect(await store.release(old.owner)).toBe(false);
     expect(await store.complete(current.owner, { ...response, body: Buffer.from('fresh') })).toBe(true);
     expect((await row(id.key)).response_body.toString()).toBe('fresh');
+  });
+
+  it('never lets the owner of a vanished record complete the next record of its key', async () => {
+    const store = first.app.get(IdempotencyStore);
+    const id = { scope: scopeOf(token), key: randomUUID(), fingerprint: 'f'.repeat(64), lease: 60_000, ttl: 60_000 };
+    const old = await store.claim(id);
+    // The row goes away under its owner (a purge after its TTL, a database that lost it).
+    await first.dataSource.query(`DELETE FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2`, [id.scope, id.key]);
+    const next = await store.claim(id);
+    if (old.kind !== 'claimed' || next.kind !== 'claimed') throw new Error('expected two claims');
+    expect(next.owner.fence).not.toBe(old.owner.fence);
+    const response = { status: 200, headers: {}, body: Buffer.from('stale') };
+    expect(await store.complete(old.owner, response)).toBe(false);
+    expect(await store.complete(next.owner, { ...response, body: Buffer.from('fresh') })).toBe(true);
   });
 
   it('completes the record of a client that hung up mid-request, and replays it to the retry', async () => {
@@ -182,6 +198,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     const gate = `store-fails-${key}`;
     const pending = post(first, `/things/slow/${gate}`, key);
     await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+    const claimedFence = (await row(key)).fence;
     // From now on no record may be completed: the UPDATE that stores a response fails.
     await first.dataSource.query(`ALTER TABLE idempotency_keys ADD CONSTRAINT no_completion CHECK (response_status IS NULL) NOT VALID`);
     let answer: WireResponse;
@@ -194,7 +211,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     expect(answer.status).toBe(201);
     const record = await row(key);
     expect(record.response_status).toBeNull();
-    expect(record.fence).toBe(1);
+    expect(record.fence).toBe(claimedFence);
     const retry = await post(second, `/things/slow/${gate}`, key);
     expect(retry.status).toBe(409);
     expect(retry.json.error.code).toBe('idempotency_key_in_use');

@@ -31,8 +31,8 @@ export interface StoredResponse {
 /** The result of a claim. */
 export type ClaimOutcome =
   | { kind: 'claimed'; owner: RecordOwner; expiresAt: Date }
-  | { kind: 'completed'; fingerprint: string; response: StoredResponse; expiresAt: Date }
-  | { kind: 'in_flight'; fingerprint: string | null; expiresAt: Date };
+  | { kind: 'completed'; fingerprint: string; response: StoredResponse }
+  | { kind: 'in_flight'; fingerprint: string | null };
 
 /** Isolation levels a transactional route may ask for. */
 export type IsolationLevel = 'READ COMMITTED' | 'REPEATABLE READ' | 'SERIALIZABLE';

@@ -14,42 +14,54 @@ import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner'
 
 // A record may be taken over when its TTL is over (unless a live claim still holds it), or when
 // it is in flight, its lease has run out (the owner crashed or released it) and the request is
-// the same one. Written once and used in both the look-up and the ON CONFLICT arm below.
+// the same one. Written once and used in both the look-up and the take-over below.
 const claimable = (row: string, fingerprint: string) => `(
   (${row}.expires_at <= now() AND (${row}.response_status IS NOT NULL OR ${row}.lease_expires_at <= now()))
   OR (${row}.response_status IS NULL AND ${row}.lease_expires_at <= now() AND ${row}.fingerprint = ${fingerprint}))`;
 
 /**
- * The claim in one statement and one round trip. `existing` reads the current record; the INSERT
- * runs only when there is none or it is claimable, and its ON CONFLICT arm re-checks the row it
- * locked, so two racing claims can never both win: the unique key decides, not the read.
- * When the read saw a claimable row but another claim won it first, no row comes back and the
- * caller simply asks again.
+ * The claim in one statement and one round trip: either the INSERT of a new record wins, or the
+ * record already there comes back (for a replay, a conflict, or a take-over below). The INSERT
+ * runs only when the key has no record, so a replay is a plain read; two racing INSERTs are
+ * decided by the unique key, and the loser gets no row at all (its snapshot predates the winner's
+ * row), so the caller asks again and then sees the winner's claim.
+ *
+ * A fresh record's fencing token starts at a random value, not 1: should the row ever vanish
+ * while its owner still runs (purged after its TTL, lost with the database), the next record of
+ * the key still gets a token that owner does not hold.
  */
 const CLAIM: PreparedStatement = {
-  name: 'idempotency_claim_v1',
+  name: 'idempotency_claim_v2',
   text: `
-    WITH existing AS (
-      SELECT e.fingerprint, e.fence, e.expires_at, e.response_status, e.response_headers, e.response_body,
-             ${claimable('e', '$3')} AS claimable
-      FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2
-    ), claimed AS (
+    WITH claimed AS (
       INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
-      SELECT $1, $2, $3, 1, now() + $4::double precision * interval '1 millisecond', now() + $5::double precision * interval '1 millisecond', now()
-      WHERE NOT EXISTS (SELECT 1 FROM existing WHERE NOT claimable)
-      ON CONFLICT (api_key_id, idem_key) DO UPDATE SET
-        fingerprint = EXCLUDED.fingerprint, fence = k.fence + 1, lease_expires_at = EXCLUDED.lease_expires_at,
-        expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at, completed_at = NULL,
-        response_status = NULL, response_headers = NULL, response_body = NULL
-      WHERE ${claimable('k', 'EXCLUDED.fingerprint')}
+      SELECT $1::varchar, $2::varchar, $3::varchar, 1 + floor(random() * 1073741823)::integer,
+             now() + $4::double precision * interval '1 millisecond', now() + $5::double precision * interval '1 millisecond', now()
+      WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys x WHERE x.api_key_id = $1 AND x.idem_key = $2)
+      ON CONFLICT (api_key_id, idem_key) DO NOTHING
       RETURNING k.fence, k.expires_at
     )
     SELECT true AS claimed, c.fence, c.expires_at, NULL::varchar AS fingerprint, NULL::smallint AS response_status,
            NULL::jsonb AS response_headers, NULL::bytea AS response_body, false AS claimable
     FROM claimed c
     UNION ALL
-    SELECT false, e.fence, e.expires_at, e.fingerprint, e.response_status, e.response_headers, e.response_body, e.claimable
-    FROM existing e WHERE NOT EXISTS (SELECT 1 FROM claimed)`,
+    SELECT false, e.fence, NULL, e.fingerprint, e.response_status, e.response_headers, e.response_body, ${claimable('e', '$3')}
+    FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
+};
+
+/**
+ * Takes over a record CLAIM found claimable. The fence CLAIM saw and the condition are checked
+ * again under the row lock, so of two racing take-overs only one matches.
+ */
+const TAKE_OVER: PreparedStatement = {
+  name: 'idempotency_take_over_v1',
+  text: `
+    UPDATE idempotency_keys AS k SET
+      fingerprint = $3, fence = k.fence + 1, lease_expires_at = now() + $4::double precision * interval '1 millisecond',
+      expires_at = now() + $5::double precision * interval '1 millisecond', created_at = now(), completed_at = NULL,
+      response_status = NULL, response_headers = NULL, response_body = NULL
+    WHERE k.api_key_id = $1 AND k.idem_key = $2 AND k.fence = $6 AND ${claimable('k', '$3')}
+    RETURNING true AS claimed, k.fence, k.expires_at`,
 };
 
 const OWNED = `api_key_id = $1 AND idem_key = $2 AND fence = $3 AND response_status IS NULL`;
@@ -85,7 +97,7 @@ const PURGE_BATCH: PreparedStatement = {
 /** Session-level advisory lock id that lets only one instance purge at a time ("idempotency purge"). */
 const PURGE_LOCK_ID = 7_305_219_447_001;
 
-/** How many times a claim is re-asked after losing a race for a claimable row. */
+/** How many times a claim is re-asked after losing a race for the key. */
 const CLAIM_ATTEMPTS = 5;
 
 /**
@@ -102,15 +114,17 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   async claim(request: ClaimRequest, run: SqlRunner = this.run): Promise<ClaimOutcome> {
     const values = [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
     for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
-      const [row] = (await run(CLAIM, values)).rows;
-      if (!row || row.claimable) continue;
+      let [row] = (await run(CLAIM, values)).rows;
+      if (row?.claimable) [row] = (await run(TAKE_OVER, [...values, row.fence])).rows;
+      // No row: another claim won a race for the key; ask again to see what it left.
+      if (!row) continue;
       if (row.claimed) return { kind: 'claimed', owner: { scope: request.scope, key: request.key, fence: row.fence }, expiresAt: row.expires_at };
-      if (row.response_status === null) return { kind: 'in_flight', fingerprint: row.fingerprint, expiresAt: row.expires_at };
+      if (row.response_status === null) return { kind: 'in_flight', fingerprint: row.fingerprint };
       const response: StoredResponse = { status: row.response_status, headers: row.response_headers ?? {}, body: row.response_body };
-      return { kind: 'completed', fingerprint: row.fingerprint, response, expiresAt: row.expires_at };
+      return { kind: 'completed', fingerprint: row.fingerprint, response };
     }
-    // Lost the race for a claimable row every time: someone else holds it now.
-    return { kind: 'in_flight', fingerprint: null, expiresAt: new Date() };
+    // Lost the race for the key every time: someone else holds it now.
+    return { kind: 'in_flight', fingerprint: null };
   }
 
   async renew(owner: RecordOwner, lease: number): Promise<boolean> {

@@ -46,7 +46,7 @@ export class PostgresStoreTransaction implements StoreTransaction {
 
   async claim(request: ClaimRequest): Promise<ClaimOutcome> {
     const { rows } = await this.run(TRY_KEY_LOCK, [request.scope, request.key]);
-    if (!rows[0].locked) return { kind: 'in_flight', fingerprint: null, expiresAt: new Date() };
+    if (!rows[0].locked) return { kind: 'in_flight', fingerprint: null };
     return this.store.claim(request, this.run);
   }
 
