@@ -29,6 +29,11 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
   beforeEach(() => {
     token = `tok_${randomUUID()}`;
   });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => {
+    first?.probe.openAll();
+    second?.probe.openAll();
+  });
 
   const post = (app: FixtureApp, path: string, key: string, body?: unknown) => send(app.url, { path, headers: authed(token, key), body });
   const row = async (key: string) =>

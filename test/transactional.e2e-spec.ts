@@ -27,6 +27,8 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
   beforeEach(() => {
     token = `tok_${randomUUID()}`;
   });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => app?.probe.openAll());
 
   const post = (path: string, key: string | undefined, body: unknown = { note: randomUUID() }) => send(app.url, { path, headers: authed(token, key), body });
   const ledgerRows = async (note: string) => Number((await app.dataSource.query('SELECT count(*) AS n FROM ledger WHERE note = $1', [note]))[0].n);

@@ -21,6 +21,8 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
   beforeEach(() => {
     token = `tok_${randomUUID()}`;
   });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => fixture?.probe.openAll());
 
   const post = (path: string, key?: string, body?: unknown, extra: [string, string][] = []) =>
     send(fixture.url, { path, headers: authed(token, key, extra), body });
