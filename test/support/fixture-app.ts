@@ -166,6 +166,13 @@ export class ThingsController {
     return `plain ${randomUUID()}`;
   }
 
+  @Post('dated') @Idempotent()
+  dated(@Res({ passthrough: true }) response: { header(name: string, value: string): unknown }) {
+    // A handler that sets its own Date: it describes this delivery, so it is never stored.
+    response.header('date', 'Mon, 01 Jan 2001 00:00:00 GMT');
+    return { n: this.probe.hit('dated') };
+  }
+
   @Post('redirect') @Idempotent() @Redirect('/things/elsewhere', 303)
   redirect() {
     this.probe.hit('redirect');
