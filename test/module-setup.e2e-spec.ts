@@ -91,14 +91,6 @@ describe('Module setup', () => {
     expect(await conflictStatus(url)).toBe(409);
   });
 
-  it('registers its entity with TypeORM, so a host with autoLoadEntities and no entity list knows it', async () => {
-    const { app } = await boot([typeorm(), IdempotencyModule.forRoot()]);
-    // typeorm() lists no entities: only the module's TypeOrmModule.forFeature() registration can add it.
-    const dataSource = app.get(DataSource);
-    expect(dataSource.hasMetadata(IdempotencyKeyEntity)).toBe(true);
-    expect(dataSource.getMetadata(IdempotencyKeyEntity).tableName).toBe('idempotency_keys');
-  });
-
   it('takes options from a factory with injected dependencies (forRootAsync useFactory)', async () => {
     const { url } = await boot([
       typeorm(),
@@ -132,6 +124,14 @@ describe('Module setup', () => {
     const { app, url } = await boot([typeorm({ name: 'billing' }), IdempotencyModule.forRoot({ dataSource: 'billing' })]);
     expect(await conflictStatus(url)).toBe(409);
     expect(app.get(IdempotencyService)).toBeDefined();
+  });
+
+  it('registers its entity with TypeORM, so a host with autoLoadEntities and no entity list knows it', async () => {
+    const { app } = await boot([typeorm(), IdempotencyModule.forRoot()]);
+    // typeorm() lists no entities: only the module's TypeOrmModule.forFeature() registration can add it.
+    const dataSource = app.get(DataSource);
+    expect(dataSource.hasMetadata(IdempotencyKeyEntity)).toBe(true);
+    expect(dataSource.getMetadata(IdempotencyKeyEntity).tableName).toBe('idempotency_keys');
   });
 
   it('renders errors with formatError and docsUrl when given', async () => {
