@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type Server } from 'node:http';
+import net from 'node:net';
 import { fingerprintRequest } from '../src/fingerprint';
 import { IdempotencyStore } from '../src';
 import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
@@ -28,6 +29,11 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
   });
   beforeEach(() => {
     token = `tok_${randomUUID()}`;
+  });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => {
+    first?.probe.openAll();
+    second?.probe.openAll();
   });
 
   const post = (app: FixtureApp, path: string, key: string, body?: unknown) => send(app.url, { path, headers: authed(token, key), body });
@@ -181,6 +187,47 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     expect(retry.status).toBe(201);
     expect(retry.headers['idempotency-replayed']).toBe('true');
     expect(retry.json).toMatchObject({ n: 1, gate });
+  });
+
+  it('completes the record of a client that reset the connection mid-request (TCP RST), and replays it to the retry', async () => {
+    const key = randomUUID();
+    const gate = `reset-${key}`;
+    // The server side of our connection, to know when the server has seen it go.
+    const server = first.app.getHttpServer() as Server;
+    const accepted: net.Socket[] = [];
+    const onConnection = (socket: net.Socket) => accepted.push(socket);
+    server.on('connection', onConnection);
+    const client = net.connect(Number(new URL(first.url).port), '127.0.0.1');
+    try {
+      await new Promise<void>((resolve, reject) => client.once('connect', resolve).once('error', reject));
+      client.on('error', () => undefined);
+      const head = [`POST /things/slow/${gate} HTTP/1.1`, `Host: 127.0.0.1`, ...authed(token, key).map(([name, value]) => `${name}: ${value}`), 'Content-Length: 0'];
+      client.write(`${head.join('\r\n')}\r\n\r\n`);
+      await waitFor(() => first.probe.count(`slow:${gate}`) === 1);
+      const serverSide = accepted.find((socket) => socket.remotePort === client.localPort);
+      if (!serverSide) throw new Error('the server side of the connection was not seen');
+      const closed = serverSide.destroyed ? Promise.resolve() : new Promise((resolve) => serverSide.once('close', resolve));
+      client.resetAndDestroy();
+      await closed;
+    } finally {
+      server.off('connection', onConnection);
+    }
+    // The server knows the client is gone; the handler still runs, and its key stays claimed. (Were
+    // the key freed, the duplicate would run the handler on the other instance, whose gate is open.)
+    second.probe.gate(gate).open();
+    const busy = await post(second, `/things/slow/${gate}`, key);
+    expect(busy.status).toBe(409);
+    expect(busy.json.error.code).toBe('idempotency_key_in_use');
+    first.probe.gate(gate).open();
+    await waitFor(async () => (await row(key))?.response_status === 201);
+    const record = await row(key);
+    expect(record.fence).toBe(1);
+    expect(record.expires_at.getTime()).toBeGreaterThan(Date.now() + 3_600_000);
+    const retry = await post(second, `/things/slow/${gate}`, key);
+    expect(retry.status).toBe(201);
+    expect(retry.headers['idempotency-replayed']).toBe('true');
+    expect(retry.json).toMatchObject({ n: 1, gate });
+    expect(first.probe.count(`slow:${gate}`) + second.probe.count(`slow:${gate}`)).toBe(1);
   });
 
   it('stores the record before the response leaves: the record is complete when the client reads the answer', async () => {

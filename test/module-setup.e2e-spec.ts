@@ -3,9 +3,11 @@ import { Test } from '@nestjs/testing';
 import { TypeOrmModule, type TypeOrmModuleOptions } from '@nestjs/typeorm';
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import { DataSource } from 'typeorm';
 import {
   CreateIdempotencyKeys1764288000000,
   IdempotencyConfigurationError,
+  IdempotencyKeyEntity,
   Idempotent,
   IdempotencyModule,
   IdempotencyService,
@@ -151,6 +153,14 @@ describe('Module setup', () => {
     const { app, url } = await boot([typeorm({ name: 'billing' }), IdempotencyModule.forRoot({ dataSource: 'billing' })]);
     expect(await conflictStatus(url)).toBe(409);
     expect(app.get(IdempotencyService)).toBeDefined();
+  });
+
+  it('registers its entity with TypeORM, so a host with autoLoadEntities and no entity list knows it', async () => {
+    const { app } = await boot([typeorm(), IdempotencyModule.forRoot()]);
+    // typeorm() lists no entities: only the module's TypeOrmModule.forFeature() registration can add it.
+    const dataSource = app.get(DataSource);
+    expect(dataSource.hasMetadata(IdempotencyKeyEntity)).toBe(true);
+    expect(dataSource.getMetadata(IdempotencyKeyEntity).tableName).toBe('idempotency_keys');
   });
 
   it('renders errors with formatError and docsUrl when given', async () => {

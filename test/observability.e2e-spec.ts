@@ -26,6 +26,8 @@ describe.each(PLATFORMS)('Observability (%s)', (platform) => {
   beforeEach(() => {
     events.length = 0;
   });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => app?.probe.openAll());
 
   const names = () => events.map((event) => event.name);
 

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
-import { authed, send } from './support/http-client';
+import { PLATFORMS, PlainController, ThingsController, WholeController, bootFixture, type FixtureApp } from './support/fixture-app';
+import { authed, send, type WireResponse } from './support/http-client';
+import { LEDGER_SCHEMA, LedgerController } from './support/ledger-controller';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 import { waitFor } from './support/wait-for';
@@ -17,7 +18,8 @@ describe.each(PLATFORMS)('Database outage (%s)', (platform) => {
     proxy = await startTcpProxy(target.hostname, Number(target.port));
     const viaProxy = new URL(database.url);
     viaProxy.port = String(proxy.port);
-    app = await startFixtureApp(viaProxy.toString(), {}, platform);
+    app = await bootFixture(viaProxy.toString(), { controllers: [ThingsController, PlainController, WholeController, LedgerController], platform });
+    await app.dataSource.query(LEDGER_SCHEMA);
   });
   afterAll(async () => {
     await app?.close();
@@ -53,5 +55,33 @@ describe.each(PLATFORMS)('Database outage (%s)', (platform) => {
     const replay = await send(app.url, { path: '/things', headers: authed(token, key), body: { a: 1 } });
     expect(replay.headers['idempotency-replayed']).toBe('true');
     expect(replay.body.equals(recovered.body)).toBe(true);
+  });
+
+  it('answers 503 idempotency_store_unavailable on a transactional route when its transaction cannot begin, runs no handler, and recovers', async () => {
+    const token = randomUUID();
+    const key = randomUUID();
+    const note = randomUUID();
+    const before = app.probe.count('ledger');
+    await proxy.cut();
+    try {
+      for (const headers of [authed(token, key), authed(token)]) {
+        const refused = await send(app.url, { path: '/ledger', headers, body: { note } });
+        expect(refused.status).toBe(503);
+        expect(refused.headers['retry-after']).toBe('1');
+        expect(refused.json.error).toMatchObject({ type: 'idempotency_error', code: 'idempotency_store_unavailable', param: null });
+      }
+      expect(app.probe.count('ledger')).toBe(before);
+    } finally {
+      await proxy.restore();
+    }
+    let recovered: WireResponse | undefined;
+    await waitFor(async () => {
+      recovered = await send(app.url, { path: '/ledger', headers: authed(token, key), body: { note } });
+      return recovered.status === 201;
+    });
+    const replay = await send(app.url, { path: '/ledger', headers: authed(token, key), body: { note } });
+    expect(replay.headers['idempotency-replayed']).toBe('true');
+    expect(replay.body.equals(recovered!.body)).toBe(true);
+    expect(app.probe.count('ledger')).toBe(before + 1);
   });
 });

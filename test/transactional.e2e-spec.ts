@@ -27,6 +27,8 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
   beforeEach(() => {
     token = `tok_${randomUUID()}`;
   });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => app?.probe.openAll());
 
   const post = (path: string, key: string | undefined, body: unknown = { note: randomUUID() }) => send(app.url, { path, headers: authed(token, key), body });
   const ledgerRows = async (note: string) => Number((await app.dataSource.query('SELECT count(*) AS n FROM ledger WHERE note = $1', [note]))[0].n);
@@ -149,6 +151,80 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
     expect(retry.status).toBe(201);
     const [{ value }] = await app.dataSource.query('SELECT value FROM counter WHERE id = 1');
     expect(retry.json.value).toBe(value);
+  });
+
+  it('turns a deadlock between two requests into 409 transaction_conflict for the one PostgreSQL rolled back', async () => {
+    const gate = `deadlock-${randomUUID()}`;
+    const keys = [randomUUID(), randomUUID()];
+    // Each holds one row of the pair and then asks for the other: a real deadlock (SQLSTATE 40P01).
+    const racing = [post(`/ledger/lock/${gate}/1/2`, keys[0]), post(`/ledger/lock/${gate}/2/1`, keys[1])];
+    await waitFor(() => app.probe.count(`lock:${gate}`) === 2);
+    app.probe.gate(gate).open();
+    const answers = await Promise.all(racing);
+    expect(answers.map((answer) => answer.status).sort()).toEqual([201, 409]);
+    const loser = answers.findIndex((answer) => answer.status === 409);
+    expect(answers[loser].json.error).toMatchObject({ type: 'idempotency_error', code: 'transaction_conflict', param: null });
+    expect(answers[loser].headers['retry-after']).toBe('1');
+    expect(await record(keys[loser])).toBeUndefined();
+    expect((await record(keys[1 - loser])).response_status).toBe(201);
+    const retry = await post(`/ledger/lock/${gate}/${loser === 0 ? '1/2' : '2/1'}`, keys[loser]);
+    expect(retry.status).toBe(201);
+    expect(retry.headers['idempotency-replayed']).toBeUndefined();
+  });
+
+  it('turns a serialization failure raised at COMMIT into 409 transaction_conflict for the later committer', async () => {
+    const id = randomUUID();
+    const keys = { early: randomUUID(), late: randomUUID() };
+    const gates = { early: `skew-early-${id}`, late: `skew-late-${id}` };
+    // Crossed reads and writes of the pair: both handlers finish their statements without error.
+    const early = post(`/ledger/skew/${gates.early}/1/2`, keys.early);
+    const late = post(`/ledger/skew/${gates.late}/2/1`, keys.late);
+    await waitFor(() => app.probe.count(`skew:${gates.early}`) === 1 && app.probe.count(`skew:${gates.late}`) === 1);
+    app.probe.gate(gates.early).open();
+    expect((await early).status).toBe(201);
+    // The late one has nothing left to run in its handler: the failure comes when it stores and commits.
+    app.probe.gate(gates.late).open();
+    const conflicted = await late;
+    expect(conflicted.status).toBe(409);
+    expect(conflicted.json.error).toMatchObject({ type: 'idempotency_error', code: 'transaction_conflict', param: null });
+    expect(conflicted.headers['retry-after']).toBe('1');
+    expect(conflicted.headers['idempotency-expires-at']).toBeUndefined();
+    expect(await record(keys.late)).toBeUndefined();
+    expect((await record(keys.early)).response_status).toBe(201);
+    const retry = await post(`/ledger/skew/${gates.late}/2/1`, keys.late);
+    expect(retry.status).toBe(201);
+    expect(app.probe.count(`skew:${gates.late}`)).toBe(2);
+  });
+});
+
+describe.each(PLATFORMS)('Transactional responses over the size cap (%s)', (platform) => {
+  let database: TestDatabase;
+  let app: FixtureApp;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    app = await bootFixture(database.url, { controllers: [LedgerController], platform, options: { maxResponseBytes: 1000 } });
+    await app.dataSource.query(LEDGER_SCHEMA);
+  });
+  afterAll(async () => {
+    await app?.close();
+    await database?.drop();
+  });
+
+  it('sends a response larger than the cap in full and commits, but does not store it: the retry gets a clear error', async () => {
+    const token = `tok_${randomUUID()}`;
+    const key = randomUUID();
+    const note = randomUUID();
+    const first = await send(app.url, { path: '/ledger/large', headers: authed(token, key), body: { note } });
+    expect(first.status).toBe(201);
+    expect(first.json.padding).toHaveLength(5000);
+    const retry = await send(app.url, { path: '/ledger/large', headers: authed(token, key), body: { note } });
+    expect(retry.status).toBe(409);
+    expect(retry.json.error.code).toBe('idempotency_response_not_stored');
+    expect(app.probe.count('ledger-large')).toBe(1);
+    const [stored] = await app.dataSource.query('SELECT response_status, response_body FROM idempotency_keys WHERE idem_key = $1', [key]);
+    expect(stored).toEqual({ response_status: 201, response_body: null });
+    expect(Number((await app.dataSource.query('SELECT count(*) AS n FROM ledger WHERE note = $1', [note]))[0].n)).toBe(1);
   });
 });
 

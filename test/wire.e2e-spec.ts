@@ -21,6 +21,8 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
   beforeEach(() => {
     token = `tok_${randomUUID()}`;
   });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => fixture?.probe.openAll());
 
   const post = (path: string, key?: string, body?: unknown, extra: [string, string][] = []) =>
     send(fixture.url, { path, headers: authed(token, key, extra), body });
@@ -380,6 +382,40 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
       const stored = Object.keys(row.response_headers);
       expect(stored).toEqual(expect.arrayContaining(['content-length', 'content-type', 'location', 'x-custom']));
       for (const name of ['date', 'set-cookie', 'x-request-id', 'connection', 'transfer-encoding', 'keep-alive']) expect(stored).not.toContain(name);
+    });
+
+    it('never stores a Date the handler set itself: the replay carries a fresh Date from the server', async () => {
+      const key = randomUUID();
+      const first = await post('/things/dated', key);
+      expect(first.headers.date).toBe('Mon, 01 Jan 2001 00:00:00 GMT');
+      const [row] = await fixture.dataSource.query('SELECT response_headers FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2', [scopeOf(token), key]);
+      expect(Object.keys(row.response_headers)).not.toContain('date');
+      const replay = await post('/things/dated', key);
+      expect(replay.headers['idempotency-replayed']).toBe('true');
+      expect(replay.body.equals(first.body)).toBe(true);
+      expect(replay.headers.date).not.toBe(first.headers.date);
+      expect(Math.abs(Date.parse(String(replay.headers.date)) - Date.now())).toBeLessThan(60_000);
+      expect(fixture.probe.count('dated')).toBe(1);
+    });
+
+    it('matches excludeHeaders case-insensitively: a mixed-case entry is neither stored nor replayed', async () => {
+      const app = await startFixtureApp(database.url, { excludeHeaders: ['X-Request-Id'] }, platform);
+      try {
+        const key = randomUUID();
+        const ask = (requestId: string) => send(app.url, { path: '/things', headers: authed(token, key, [['X-Request-Id', requestId]]), body: { a: 1 } });
+        const first = await ask('req_first');
+        expect(first.headers['x-request-id']).toBe('req_first');
+        const [row] = await app.dataSource.query('SELECT response_headers FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2', [scopeOf(token), key]);
+        expect(Object.keys(row.response_headers)).toEqual(expect.arrayContaining(['content-type']));
+        expect(Object.keys(row.response_headers)).not.toContain('x-request-id');
+        const replay = await ask('req_second');
+        expect(replay.headers['idempotency-replayed']).toBe('true');
+        expect(replay.body.equals(first.body)).toBe(true);
+        // The host's own id for the replaying request, not the one of the first answer.
+        expect(replay.headers['x-request-id']).toBe('req_second');
+      } finally {
+        await app.close();
+      }
     });
 
     it('stores an answer rendered by a pipe after the claim', async () => {

@@ -205,6 +205,8 @@ describe('A PostgreSQL restart while the app runs (fast shutdown, start again on
   describe.each(PLATFORMS)('(%s)', (platform) => {
     const token = `tok_${randomUUID()}`;
     const app = () => apps.get(platform)!;
+    // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+    afterEach(() => apps.get(platform)?.probe.openAll());
     const post = (mode: 'leased' | 'tx', key: string, note: string, gate = 'open') =>
       send(app().url, { path: `/notes/${mode}/${gate}`, headers: authed(token, key), body: { note } });
 
@@ -377,6 +379,8 @@ describe('A lease renewal still in flight when the handler finishes', () => {
     url = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
     store = app.get(IdempotencyStore);
   });
+  // A test that failed while a handler waited on a gate must not leave it hanging into app.close().
+  afterEach(() => app?.get(Probe).openAll());
   afterAll(async () => {
     await app?.close();
     await database?.drop();

@@ -10,7 +10,10 @@ export const LEDGER_SCHEMA = `
   -- Checked only at COMMIT, so a violation makes the commit itself fail.
   ALTER TABLE ledger ADD CONSTRAINT ledger_parent_fk FOREIGN KEY (parent_id) REFERENCES ledger_parent (id) DEFERRABLE INITIALLY DEFERRED;
   CREATE TABLE counter (id integer PRIMARY KEY, value integer NOT NULL);
-  INSERT INTO counter VALUES (1, 0);`;
+  INSERT INTO counter VALUES (1, 0);
+  -- Two rows that concurrent handlers lock or read in opposite orders (deadlock, write skew).
+  CREATE TABLE pair (id integer PRIMARY KEY, value integer NOT NULL);
+  INSERT INTO pair VALUES (1, 0), (2, 0);`;
 
 type Note = { note: string };
 
@@ -74,6 +77,36 @@ export class LedgerController {
     // The handler swallows a failed statement: the transaction is aborted, COMMIT would roll back.
     await manager.query('SELECT 1/0').catch(() => undefined);
     return { ok: true };
+  }
+
+  @Post('large') @Idempotent({ transactional: true })
+  async large(@Body() body: Note, @IdempotencyTransaction() manager: EntityManager) {
+    const n = this.probe.hit('ledger-large');
+    return { id: await this.write(manager, body.note), n, padding: 'x'.repeat(5000) };
+  }
+
+  /** Locks one row of `pair`, waits at the gate, then locks the other: two opposite orders deadlock. */
+  @Post('lock/:gate/:first/:second') @Idempotent({ transactional: true })
+  async lock(@Param('gate') gate: string, @Param('first') first: string, @Param('second') second: string, @IdempotencyTransaction() manager: EntityManager) {
+    await manager.query('UPDATE pair SET value = value + 1 WHERE id = $1', [Number(first)]);
+    this.probe.hit(`lock:${gate}`);
+    await this.probe.gate(gate).promise;
+    await manager.query('UPDATE pair SET value = value + 1 WHERE id = $1', [Number(second)]);
+    return { locked: [first, second] };
+  }
+
+  /**
+   * Write skew: reads one row of `pair` and writes the other, then waits at the gate without
+   * another statement. Two of them crossed under SERIALIZABLE: whichever commits second fails,
+   * and only at its commit.
+   */
+  @Post('skew/:gate/:read/:write') @Idempotent({ transactional: true, isolation: 'SERIALIZABLE' })
+  async skew(@Param('gate') gate: string, @Param('read') read: string, @Param('write') write: string, @IdempotencyTransaction() manager: EntityManager) {
+    const [{ value }] = await manager.query('SELECT value FROM pair WHERE id = $1', [Number(read)]);
+    await manager.query('UPDATE pair SET value = $2 WHERE id = $1', [Number(write), value + 1]);
+    this.probe.hit(`skew:${gate}`);
+    await this.probe.gate(gate).promise;
+    return { read, write, value: value + 1 };
   }
 
   @Post('increment') @Idempotent({ transactional: true, isolation: 'SERIALIZABLE' })
