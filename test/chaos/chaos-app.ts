@@ -109,8 +109,9 @@ async function main(): Promise<void> {
   })
   class ChaosModule {}
 
-  // Events that explain a leased re-execution or an answer that was sent but not stored (SPEC W12).
-  for (const name of ['store_error', 'lease_lost', 'released'] as const) {
+  // Events that explain a leased re-execution or an answer that was sent but not stored (SPEC W12),
+  // and the claims, which show whether a record was ever taken over.
+  for (const name of ['claimed', 'store_error', 'lease_lost', 'released'] as const) {
     diagnostics_channel.subscribe(IDEMPOTENCY_CHANNELS[name], (message) => {
       const event = message as IdempotencyEvent;
       process.stdout.write(`EVENT ${event.name} ${event.keyHash ?? '-'} ${event.status ?? '-'}\n`);

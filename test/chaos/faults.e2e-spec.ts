@@ -92,6 +92,7 @@ describe('A process killed while a leased (non-transactional) handler runs', () 
         (error: Error) => error.message,
       );
       await doomed.printed(`RUNNING ${key}`);
+      const [claim] = await dataSource.query('SELECT fence FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2', [scopeOf(token), key]);
       doomed.process.kill('SIGKILL');
       expect(await lost).toMatch(/socket hang up|ECONNRESET/);
       // The handler ran and its (non-transactional) effect is committed; the claim is in flight.
@@ -123,7 +124,7 @@ describe('A process killed while a leased (non-transactional) handler runs', () 
         scopeOf(token),
         key,
       ]);
-      expect(record).toEqual({ fence: 2, response_status: 201 });
+      expect(record).toEqual({ fence: claim.fence + 1, response_status: 201 });
 
       const replay = await post(survivor);
       expect(replay.headers['idempotency-replayed']).toBe('true');

@@ -487,9 +487,9 @@ async function main(): Promise<number> {
     await runClients(() => verify.shift(), instances);
 
     // ---- Collect the final state
-    const records = new Map<string, { status: number | null; body: Buffer | null; fence: number }>();
-    for (const row of (await client.query('SELECT api_key_id, idem_key, fence, response_status, response_body FROM idempotency_keys')).rows) {
-      records.set(`${row.api_key_id}|${row.idem_key}`, { status: row.response_status, body: row.response_body, fence: row.fence });
+    const records = new Map<string, { status: number | null; body: Buffer | null }>();
+    for (const row of (await client.query('SELECT api_key_id, idem_key, response_status, response_body FROM idempotency_keys')).rows) {
+      records.set(`${row.api_key_id}|${row.idem_key}`, { status: row.response_status, body: row.response_body });
     }
     const effects = new Map<string, { execution: string; epoch: string }[]>();
     for (const row of (await client.query('SELECT scope, idem_key, execution, epoch FROM effects')).rows) {
@@ -515,7 +515,12 @@ async function main(): Promise<number> {
     // ---- Checks
     const killedEpochs = new Set(timeline.killedEpoch ? [timeline.killedEpoch] : []);
     const explanations = new Map<string, { storeFailed: number; leaseLost: number; released5xx: number }>();
+    const claims = new Map<string, number>();
     for (const event of events) {
+      if (event.name === 'claimed') {
+        claims.set(event.hash, (claims.get(event.hash) ?? 0) + 1);
+        continue;
+      }
       const entry = explanations.get(event.hash) ?? { storeFailed: 0, leaseLost: 0, released5xx: 0 };
       if (event.name === 'store_error' && Number(event.status) < 500) entry.storeFailed++;
       else if (event.name === 'lease_lost') entry.leaseLost++;
@@ -523,14 +528,14 @@ async function main(): Promise<number> {
       else continue;
       explanations.set(event.hash, entry);
     }
-    // A lease is only lost to a takeover, which bumps the fence: a lease_lost event for a record
-    // still on fence 1 explains nothing (and is reported below as spurious).
+    // A lease is only lost to a takeover, a second claim of the record: a lease_lost event for a
+    // record claimed once explains nothing (and is reported below as spurious).
     const keyByHash = new Map(keys.map((key) => [key.hash, key]));
     let spuriousLeaseLost = 0;
     for (const [hash, entry] of explanations) {
       const key = keyByHash.get(hash);
       const record = key && records.get(`${key.scope}|${key.value}`);
-      if (entry.leaseLost > 0 && record && record.fence <= 1) {
+      if (entry.leaseLost > 0 && record && (claims.get(hash) ?? 0) <= 1) {
         spuriousLeaseLost += entry.leaseLost;
         entry.leaseLost = 0;
       }
@@ -635,10 +640,10 @@ async function main(): Promise<number> {
     const rel = (t?: number) => (t === undefined ? 'never' : `+${t - start} ms`);
     out.push(`faults: SIGKILL ${instances[1].name} at ${rel(timeline.killAt)} with ${timeline.killedInFlight} requests in flight, serving again at ${rel(timeline.restartedAt)}; PostgreSQL fast shutdown at ${rel(timeline.dbRestartBegin)}, accepting again at ${rel(timeline.dbRestartEnd)}; load ended at ${rel(timeline.loadEnd)}`);
     out.push(`outage: ${outage503} × 503 overlapping the restart window; last one ${Number.isFinite(last503AfterRestart) ? `${last503AfterRestart} ms after PostgreSQL was back` : '-'}`);
-    out.push(`records: ${recordsStats.length} (${recordsStats.filter((r) => r.status !== null && r.status < 300).length} × 2xx, ${recordsStats.filter((r) => r.status !== null && r.status >= 400).length} × 4xx, ${recordsStats.filter((r) => r.status === null).length} in flight, ${recordsStats.filter((r) => r.fence > 1).length} taken over at least once); effects: tx ${effectCount.tx}, leased ${effectCount.leased}`);
+    out.push(`records: ${recordsStats.length} (${recordsStats.filter((r) => r.status !== null && r.status < 300).length} × 2xx, ${recordsStats.filter((r) => r.status !== null && r.status >= 400).length} × 4xx, ${recordsStats.filter((r) => r.status === null).length} in flight, ${[...claims.values()].filter((n) => n > 1).length} claimed more than once); effects: tx ${effectCount.tx}, leased ${effectCount.leased}`);
     out.push(`leased re-executions explained by a fault: ${explainedReexecutions} (effects of the killed process: ${reasons.killed}, store failed after the handler: ${reasons.storeFailed}, lease lost: ${reasons.leaseLost}, released after a 5xx: ${reasons.released5xx}); answers sent but not stored (W12): ${unstoredAnswers}`);
     out.push(`events from the apps: ${summarise(events.map((e) => `${e.name}${e.name === 'released' ? ` ${e.status}` : ''}`))}`);
-    out.push(`lease_lost events for records never taken over (fence 1, so no lease was lost): ${spuriousLeaseLost}`);
+    out.push(`lease_lost events for records claimed once (so no lease was lost): ${spuriousLeaseLost}`);
     out.push(`unfinished keys: ${unfinishedKeys}; keys whose stored answer has no matching effect: ${missingEffects}; clients that gave up: ${gaveUp.length}; instance crashes: ${crashes.length}`);
     if (otherOutcomes.size > 0) out.push(`other 4xx: ${summarise([...otherOutcomes].flatMap(([what, n]) => Array(n).fill(what)))}`);
     for (const [what, n] of [...unexpectedSamples].slice(0, 10)) out.push(`unexpected 5xx: ${n} × ${what}`);
