@@ -31,23 +31,28 @@ export function fingerprintRequest(input: FingerprintInput): string {
   return hash.digest('hex');
 }
 
+/** Canonical text is handed to the hash in pieces of about this many characters. */
+const FLUSH_AT = 64 * 1024;
+
 /**
  * Feeds a canonical JSON rendering of `value` into `hash`. Iterative, with an explicit stack, so a
- * deeply nested body cannot overflow the call stack.
+ * deeply nested body cannot overflow the call stack; the text is built up and hashed in large
+ * pieces, since every `update()` call has a fixed cost.
  */
 function hashCanonicalJson(hash: Hash, value: unknown): void {
   const stack: unknown[] = [value];
+  let text = '';
   while (stack.length > 0) {
     const item = stack.pop();
     if (item instanceof Token) {
-      hash.update(item.text);
+      text += item.text;
     } else if (Array.isArray(item)) {
       stack.push(Token.closeArray);
       for (let i = item.length - 1; i >= 0; i--) {
         stack.push(item[i]);
         if (i > 0) stack.push(Token.comma);
       }
-      stack.push(Token.openArray);
+      text += '[';
     } else if (item !== null && typeof item === 'object') {
       const keys = Object.keys(item).sort();
       stack.push(Token.closeObject);
@@ -55,17 +60,20 @@ function hashCanonicalJson(hash: Hash, value: unknown): void {
         stack.push((item as Record<string, unknown>)[keys[i]]);
         stack.push(new Token(`${i > 0 ? ',' : ''}${JSON.stringify(keys[i])}:`));
       }
-      stack.push(Token.openObject);
+      text += '{';
     } else {
-      hash.update(JSON.stringify(item) ?? 'null');
+      text += JSON.stringify(item) ?? 'null';
+    }
+    if (text.length >= FLUSH_AT) {
+      hash.update(text);
+      text = '';
     }
   }
+  hash.update(text);
 }
 
 class Token {
-  static readonly openArray = new Token('[');
   static readonly closeArray = new Token(']');
-  static readonly openObject = new Token('{');
   static readonly closeObject = new Token('}');
   static readonly comma = new Token(',');
   constructor(readonly text: string) {}

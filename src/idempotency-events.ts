@@ -1,4 +1,5 @@
 import diagnostics_channel from 'node:diagnostics_channel';
+import { keyHash } from './log-format';
 
 /** The events the module publishes, each on the channel `idempotency:<name>`. */
 export type IdempotencyEventName =
@@ -49,12 +50,36 @@ const channels = new Map(
   Object.entries(IDEMPOTENCY_CHANNELS).map(([name, channel]) => [name as IdempotencyEventName, diagnostics_channel.channel(channel)]),
 );
 
-/** Where an event happened: one request on one route, timed from when the module saw it. */
-export interface RequestTrace {
-  route: string;
-  method: string;
-  keyHash?: string;
-  startedAt: number;
+/**
+ * Where an event happened: one request on one route, timed from when the module saw it. The route
+ * name and the key hash are only computed when an event or a log line reads them.
+ */
+export class RequestTrace {
+  readonly startedAt = performance.now();
+  private routeName?: string;
+  private identity?: { scope: string; key: string; hash?: string };
+
+  constructor(
+    private readonly controller: Function,
+    private readonly handler: Function,
+    readonly method: string,
+  ) {}
+
+  /** `Controller.handler` of the route. */
+  get route(): string {
+    return (this.routeName ??= `${this.controller.name}.${this.handler.name}`);
+  }
+
+  /** The short hash of scope and key (see `keyHash`), once the request has a key. */
+  get keyHash(): string | undefined {
+    if (!this.identity) return undefined;
+    return (this.identity.hash ??= keyHash(this.identity.scope, this.identity.key));
+  }
+
+  /** Records the scope and key the request claims. */
+  identify(scope: string, key: string): void {
+    this.identity = { scope, key };
+  }
 }
 
 /** Publishes an event; costs nothing when nobody subscribes. */

@@ -7,11 +7,11 @@ import { fingerprintRequest } from './fingerprint';
 import { IDEMPOTENT_METHODS, IDEMPOTENT_ROUTE_METADATA, REPLAYED_HEADER, UNSTORED_HEADERS } from './idempotency.constants';
 import { IdempotencyErrorCode } from './idempotency.exceptions';
 import { IdempotencyErrors } from './idempotency-errors';
-import { publishEvent, type RequestTrace } from './idempotency-events';
+import { publishEvent, RequestTrace } from './idempotency-events';
 import type { IdempotentRouteOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
 import { LeasedRun } from './leased-run';
-import { errorMessage, keyHash } from './log-format';
+import { errorMessage } from './log-format';
 import { readRequestKey } from './request-key';
 import type { RunContext } from './run-context';
 import { IdempotencyStore, type ClaimOutcome, type ClaimRequest } from './store/idempotency.store';
@@ -58,10 +58,10 @@ export class IdempotencyInterceptor implements NestInterceptor {
     next: CallHandler,
   ): Promise<Observable<unknown>> {
     const http = context.switchToHttp();
-    const trace: RequestTrace = { route: `${context.getClass().name}.${context.getHandler().name}`, method: exchange.method, startedAt: performance.now() };
+    const trace = new RequestTrace(context.getClass(), context.getHandler(), exchange.method);
 
     const claim = await this.claimRequest(exchange, route, http.getRequest());
-    if (claim) trace.keyHash = keyHash(claim.scope, claim.key);
+    if (claim) trace.identify(claim.scope, claim.key);
     const run: RunContext = { exchange, trace, unstored: this.unstored };
     if (!route.transactional) {
       if (!claim) return next.handle();

@@ -23,7 +23,6 @@ export class LeasedRun {
   ) {}
 
   run({ exchange, trace, unstored }: RunContext, owner: RecordOwner, next: CallHandler): Observable<unknown> {
-    const hash = trace.keyHash;
     let finished = false;
     let handlerSettled = false;
     let connectionClosed = false;
@@ -35,10 +34,10 @@ export class LeasedRun {
           if (!owned && !finished) {
             clearInterval(renewal);
             publishEvent('lease_lost', trace);
-            this.logger.warn(`Lease lost for key ${hash}: another request took it over; this response will not be stored.`);
+            this.logger.warn(`Lease lost for key ${trace.keyHash}: another request took it over; this response will not be stored.`);
           }
         },
-        (error: unknown) => this.logger.warn(`Lease renewal failed for key ${hash}: ${errorMessage(error)}`),
+        (error: unknown) => this.logger.warn(`Lease renewal failed for key ${trace.keyHash}: ${errorMessage(error)}`),
       );
     }, Math.max(1, Math.floor(this.options.lease / 3)));
     renewal.unref();
@@ -56,13 +55,13 @@ export class LeasedRun {
           publishEvent('stored', trace, { status });
         } else {
           publishEvent('lease_lost', trace, { status });
-          this.logger.warn(`Response for key ${hash} not stored: the claim was taken over after its lease ran out.`);
+          this.logger.warn(`Response for key ${trace.keyHash} not stored: the claim was taken over after its lease ran out.`);
         }
       } catch (error) {
         // The response still goes out; the claim stays in flight until its lease runs out, so no
         // retry runs the handler again before then (SPEC W12).
         publishEvent('store_error', trace, { status, error: errorMessage(error) });
-        this.logger.error(`Storing the response for key ${hash} failed: ${errorMessage(error)}`);
+        this.logger.error(`Storing the response for key ${trace.keyHash} failed: ${errorMessage(error)}`);
       }
     };
     captureResponse(exchange.response, this.options.maxResponseBytes, finish);
