@@ -30,6 +30,7 @@ export class IdempotencyRouteInterceptor implements NestInterceptor, OnModuleIni
   }
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
+    if (context.getType() !== 'http') return next.handle();
     // @Idempotent() on a controller and on one of its handlers binds this twice to that route.
     const request = context.switchToHttp().getRequest();
     if (request[INTERCEPTED]) return next.handle();

@@ -27,7 +27,7 @@ import { TransactionalRun } from './transaction/transactional-run';
 @Injectable()
 export class IdempotencyInterceptor implements NestInterceptor {
   private readonly logger = new Logger('Idempotency');
-  private readonly routes = new WeakMap<Function, IdempotentRouteOptions | null>();
+  private readonly routes = new WeakMap<Function, IdempotentRouteOptions>();
   /** Headers never stored, and kept as the host set them on a replay. */
   private readonly unstored: ReadonlySet<string>;
 
@@ -43,12 +43,10 @@ export class IdempotencyInterceptor implements NestInterceptor {
   }
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
-    // Unmarked routes and safe methods pass through synchronously, without a promise.
-    const route = context.getType() === 'http' ? this.routeOptions(context) : null;
-    if (!route) return next.handle();
+    // Safe methods pass through synchronously, without a promise.
     const http = context.switchToHttp();
     if (!IDEMPOTENT_METHODS.has(http.getRequest().method)) return next.handle();
-    return this.interceptMarked(context, route, toHttpExchange(http.getRequest(), http.getResponse()), next);
+    return this.interceptMarked(context, this.routeOptions(context), toHttpExchange(http.getRequest(), http.getResponse()), next);
   }
 
   private async interceptMarked(
@@ -147,13 +145,12 @@ export class IdempotencyInterceptor implements NestInterceptor {
     throw this.errors.exception(IdempotencyErrorCode.StoreUnavailable, exchange, { retryAfter: true });
   }
 
-  private routeOptions(context: ExecutionContext): IdempotentRouteOptions | null {
+  /** The route's options (a handler's over its controller's), looked up once per handler. */
+  private routeOptions(context: ExecutionContext): IdempotentRouteOptions {
     const handler = context.getHandler();
     let options = this.routes.get(handler);
     if (options === undefined) {
-      options =
-        this.reflector.getAllAndOverride<IdempotentRouteOptions | undefined>(IDEMPOTENT_ROUTE_METADATA, [handler, context.getClass()]) ??
-        null;
+      options = this.reflector.getAllAndOverride<IdempotentRouteOptions | undefined>(IDEMPOTENT_ROUTE_METADATA, [handler, context.getClass()]) ?? {};
       this.routes.set(handler, options);
     }
     return options;
