@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { fingerprintRequest, type FingerprintInput } from './fingerprint';
 
 const base: FingerprintInput = { method: 'POST', url: '/v1/keys', hasBody: true, body: { a: 1, b: [1, { c: 2, d: null }] } };
@@ -29,6 +30,19 @@ describe('fingerprintRequest', () => {
     const raw = (body: unknown) => fingerprintRequest({ ...base, body });
     expect(raw(Buffer.from('abc'))).toBe(raw('abc'));
     expect(raw(Buffer.from('abc'))).not.toBe(raw(Buffer.from('abd')));
+  });
+
+  // Records outlive deploys: a retry sent across one must get the same fingerprint.
+  it('keeps its canonical form: sorted keys, no whitespace, hashed after method and URL', () => {
+    const canonical = 'POST\n/v1/keys\njson:{"a":1,"b":[1,{"c":2,"d":null}]}';
+    expect(fingerprintRequest(base)).toBe(createHash('sha256').update(canonical).digest('hex'));
+  });
+
+  it('hashes a body of several hash pieces the same as in one piece', () => {
+    const long = 'é'.repeat(100_000);
+    const body = { z: long, a: [long, 'x'] };
+    const canonical = `POST\n/v1/keys\njson:{"a":[${JSON.stringify(long)},"x"],"z":${JSON.stringify(long)}}`;
+    expect(fingerprintRequest({ ...base, body })).toBe(createHash('sha256').update(canonical).digest('hex'));
   });
 
   it('survives a body nested 100,000 levels deep', () => {
