@@ -227,6 +227,17 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
       expect(fixture.probe.count('file')).toBe(1);
       expect(fixture.probe.count('redirect')).toBe(1);
     });
+
+    it('replays a body of several hundred kB byte for byte', async () => {
+      const key = randomUUID();
+      const first = await post('/things/bulky', key);
+      expect(first.status).toBe(201);
+      expect(first.body.length).toBeGreaterThan(256 * 1024);
+      const second = await post('/things/bulky', key);
+      expect(second.headers['idempotency-replayed']).toBe('true');
+      expect(second.body.equals(first.body)).toBe(true);
+      expect(fixture.probe.count('bulky')).toBe(1);
+    });
   });
 
   describe('W7: which answers are stored', () => {

@@ -19,6 +19,11 @@ const claimable = (row: string, fingerprint: string) => `(
   (${row}.expires_at <= now() AND (${row}.response_status IS NOT NULL OR ${row}.lease_expires_at <= now()))
   OR (${row}.response_status IS NULL AND ${row}.lease_expires_at <= now() AND ${row}.fingerprint = ${fingerprint}))`;
 
+// pg reads bytea as hex text, so a body costs several times its size while it is read. Bodies up
+// to this size come with the claim; larger ones are read in pieces of BODY_PIECE_BYTES.
+const INLINE_BODY_BYTES = 64 * 1024;
+const BODY_PIECE_BYTES = 256 * 1024;
+
 // The expiry as epoch milliseconds: a number is cheaper to read than a timestamp's text.
 const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 1000)::double precision AS expires_ms`;
 
@@ -45,11 +50,24 @@ const CLAIM: PreparedStatement = {
       RETURNING k.fence, ${EXPIRES_MS('k')}
     )
     SELECT true AS claimed, c.fence, c.expires_ms, NULL::varchar AS fingerprint, NULL::smallint AS response_status,
-           NULL::jsonb AS response_headers, NULL::bytea AS response_body, false AS claimable
+           NULL::jsonb AS response_headers, NULL::bytea AS response_body, NULL::integer AS body_length, false AS claimable
     FROM claimed c
     UNION ALL
-    SELECT false, e.fence, NULL, e.fingerprint, e.response_status, e.response_headers, e.response_body, ${claimable('e', '$3')}
+    SELECT false, e.fence, NULL, e.fingerprint, e.response_status, e.response_headers,
+           CASE WHEN octet_length(e.response_body) <= ${INLINE_BODY_BYTES} THEN e.response_body END, octet_length(e.response_body),
+           ${claimable('e', '$3')}
     FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
+};
+
+/**
+ * Reads a piece of a stored body. The fence pins the record: a completed record never changes under
+ * the same fence, so pieces read one after the other belong to the same body.
+ */
+const READ_BODY_PIECE: PreparedStatement = {
+  name: 'idempotency_read_body_piece_v1',
+  text: `
+    SELECT substring(response_body FROM $4::integer FOR $5::integer) AS piece
+    FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2 AND fence = $3 AND response_status IS NOT NULL`,
 };
 
 /**
@@ -123,11 +141,30 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       if (!row) continue;
       if (row.claimed) return { kind: 'claimed', owner: { scope: request.scope, key: request.key, fence: row.fence }, expiresAt: new Date(row.expires_ms) };
       if (row.response_status === null) return { kind: 'in_flight', fingerprint: row.fingerprint };
-      const response: StoredResponse = { status: row.response_status, headers: row.response_headers ?? {}, body: row.response_body };
+      let body: Buffer | null = row.response_body;
+      // Only a replay (same fingerprint) needs a body that did not come with the claim.
+      if (body === null && row.body_length !== null && row.fingerprint === request.fingerprint) {
+        const read = await this.readBody({ scope: request.scope, key: request.key, fence: row.fence }, row.body_length, run);
+        // The record changed while it was read (taken over after its TTL, purged): claim again.
+        if (!read) continue;
+        body = read;
+      }
+      const response: StoredResponse = { status: row.response_status, headers: row.response_headers ?? {}, body };
       return { kind: 'completed', fingerprint: row.fingerprint, response };
     }
     // Lost the race for the key every time: someone else holds it now.
     return { kind: 'in_flight', fingerprint: null };
+  }
+
+  /** Reads a stored body piece by piece into one buffer; undefined when the record changed meanwhile. */
+  private async readBody(record: RecordOwner, length: number, run: SqlRunner): Promise<Buffer | undefined> {
+    const body = Buffer.allocUnsafe(length);
+    for (let offset = 0; offset < length; offset += BODY_PIECE_BYTES) {
+      const [row] = (await run(READ_BODY_PIECE, [...ownerValues(record), offset + 1, BODY_PIECE_BYTES])).rows;
+      if (!row || row.piece.length !== Math.min(BODY_PIECE_BYTES, length - offset)) return undefined;
+      row.piece.copy(body, offset);
+    }
+    return body;
   }
 
   async renew(owner: RecordOwner, lease: number): Promise<boolean> {

@@ -184,6 +184,12 @@ export class ThingsController {
     return new StreamableFile(Buffer.from(Array.from({ length: 3000 }, (_, i) => i % 256)), { type: 'application/octet-stream' });
   }
 
+  /** About 300 kB of multi-byte text: stored, and read back in more than one piece on a replay. */
+  @Post('bulky') @Idempotent()
+  bulky() {
+    return { n: this.probe.hit('bulky'), padding: 'é✓'.repeat(60_000) };
+  }
+
   @Post('large') @Idempotent()
   large() {
     return { n: this.probe.hit('large'), padding: 'x'.repeat(5000) };
