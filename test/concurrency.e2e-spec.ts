@@ -167,6 +167,37 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     expect(await store.complete(next.owner, { ...response, body: Buffer.from('fresh') })).toBe(true);
   });
 
+  it('claims a key whose expired record a purge deletes while the claim waits on it', async () => {
+    const store = first.app.get(IdempotencyStore);
+    const id = { scope: scopeOf(token), key: randomUUID(), fingerprint: 'f'.repeat(64), lease: 60_000, ttl: 60_000 };
+    const old = await store.claim(id);
+    if (old.kind !== 'claimed') throw new Error('expected a claim');
+    await store.complete(old.owner, { status: 200, headers: {}, body: Buffer.from('old') });
+    await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [id.scope, id.key]);
+    // A purge has deleted the record but not committed yet: the claim's INSERT waits for it, while
+    // the statement as a whole still sees the old record.
+    const purge = first.dataSource.createQueryRunner();
+    await purge.connect();
+    try {
+      await purge.startTransaction();
+      await purge.query(`DELETE FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2`, [id.scope, id.key]);
+      const claim = store.claim(id);
+      await waitFor(async () => {
+        const [waiting] = await first.dataSource.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%WITH claimed AS%'`,
+        );
+        return waiting.n === 1;
+      });
+      await purge.commitTransaction();
+      const outcome = await claim;
+      if (outcome.kind !== 'claimed') throw new Error(`expected a claim, got ${outcome.kind}`);
+      expect(await store.complete(outcome.owner, { status: 200, headers: {}, body: Buffer.from('new') })).toBe(true);
+      expect((await row(id.key)).response_body.toString()).toBe('new');
+    } finally {
+      await purge.release();
+    }
+  });
+
   it('completes the record of a client that hung up mid-request, and replays it to the retry', async () => {
     const key = randomUUID();
     const gate = `abort-${key}`;

@@ -29,23 +29,23 @@ const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 10
 
 /**
  * The claim in one statement and one round trip: either the INSERT of a new record wins, or the
- * record already there comes back (for a replay, a conflict, or a take-over below). The INSERT
- * runs only when the key has no record, so a replay is a plain read; two racing INSERTs are
- * decided by the unique key, and the loser gets no row at all (its snapshot predates the winner's
- * row), so the caller asks again and then sees the winner's claim.
+ * record already there comes back (for a replay, a conflict, or a take-over below). Both parts
+ * read the table as it was when the statement started, so exactly one of them returns a row; two
+ * racing INSERTs are decided by the unique key, and the loser gets no row at all (its snapshot
+ * predates the winner's row), so the caller asks again and then sees the winner's claim. A key
+ * that has a record costs the INSERT only its look-up in the unique index: nothing is written.
  *
  * A fresh record's fencing token starts at a random value, not 1: should the row ever vanish
  * while its owner still runs (purged after its TTL, lost with the database), the next record of
  * the key still gets a token that owner does not hold.
  */
 const CLAIM: PreparedStatement = {
-  name: 'idempotency_claim_v2',
+  name: 'idempotency_claim_v3',
   text: `
     WITH claimed AS (
       INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
-      SELECT $1::text, $2::varchar, $3::varchar, 1 + floor(random() * 1073741823)::integer,
-             now() + $4::double precision * interval '1 millisecond', now() + $5::double precision * interval '1 millisecond', now()
-      WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys x WHERE x.api_key_id = $1 AND x.idem_key = $2)
+      VALUES ($1::text, $2::varchar, $3::varchar, 1 + floor(random() * 1073741823)::integer,
+              now() + $4::double precision * interval '1 millisecond', now() + $5::double precision * interval '1 millisecond', now())
       ON CONFLICT (api_key_id, idem_key) DO NOTHING
       RETURNING k.fence, ${EXPIRES_MS('k')}
     )
@@ -135,7 +135,10 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   async claim(request: ClaimRequest, run: SqlRunner = this.run): Promise<ClaimOutcome> {
     const values = [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
     for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
-      let [row] = (await run(CLAIM, values)).rows;
+      const { rows } = await run(CLAIM, values);
+      // Both rows come back only when a purge deleted the old record after the statement began
+      // (the INSERT then no longer conflicts): the new claim is what counts.
+      let row = rows.length > 1 ? rows.find((candidate) => candidate.claimed) : rows[0];
       if (row?.claimable) [row] = (await run(TAKE_OVER, [...values, row.fence])).rows;
       // No row: another claim won a race for the key; ask again to see what it left.
       if (!row) continue;
