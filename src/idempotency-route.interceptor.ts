@@ -4,8 +4,9 @@ import type { Observable } from 'rxjs';
 import { IdempotencyConfigurationError } from './idempotency.exceptions';
 import { IdempotencyInterceptor } from './idempotency.interceptor';
 
-/** Marks a request the module has already taken in hand. */
-const INTERCEPTED = Symbol('idempotency:intercepted');
+// The requests the module has already taken in hand. A WeakSet, not a property on the request:
+// adding a property to Express's request (whose prototype Express replaced) costs microseconds.
+const intercepted = new WeakSet<object>();
 
 /**
  * What `@Idempotent()` binds to its routes. Binding per route, instead of one global interceptor,
@@ -33,8 +34,8 @@ export class IdempotencyRouteInterceptor implements NestInterceptor, OnModuleIni
     if (context.getType() !== 'http') return next.handle();
     // @Idempotent() on a controller and on one of its handlers binds this twice to that route.
     const request = context.switchToHttp().getRequest();
-    if (request[INTERCEPTED]) return next.handle();
-    request[INTERCEPTED] = true;
+    if (intercepted.has(request)) return next.handle();
+    intercepted.add(request);
     return this.target.intercept(context, next);
   }
 }

@@ -191,6 +191,20 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
       expect(fixture.probe.count('text')).toBe(before + 1);
     });
 
+    it('stores and replays through a middleware that wrapped end() on the response itself (as compression does)', async () => {
+      const key = randomUUID();
+      const before = fixture.probe.count('text');
+      const first = await post('/things/text', key, undefined, [['X-Wrap-End', '1']]);
+      const second = await post('/things/text', key, undefined, [['X-Wrap-End', '1']]);
+      expect(first.status).toBe(202);
+      expect(first.headers['x-wrapped']).toBe('yes');
+      expect(second.status).toBe(202);
+      expect(second.headers['idempotency-replayed']).toBe('true');
+      expect(second.headers['x-wrapped']).toBe('yes');
+      expect(second.body.equals(first.body)).toBe(true);
+      expect(fixture.probe.count('text')).toBe(before + 1);
+    });
+
     it('keeps a record for 24 hours from its first claim by default', async () => {
       const key = randomUUID();
       await post('/things', key, { a: 1 });

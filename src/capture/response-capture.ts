@@ -1,4 +1,4 @@
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 
 /** A response as the application finished writing it, before any byte left the process. */
 export interface CapturedResponse {
@@ -26,11 +26,14 @@ export interface Replacement {
 
 type WriteCallback = (error?: Error | null) => void;
 
-interface PatchedMethods {
+/** The methods through which everything is written to a response. */
+interface WriteMethods {
   writeHead: ServerResponse['writeHead'];
   write: ServerResponse['write'];
   end: ServerResponse['end'];
 }
+
+const WRITE_METHODS = ['writeHead', 'write', 'end'] as const;
 
 /**
  * Holds back everything written to `response` (status, headers, body) until `onEnd` has settled,
@@ -48,7 +51,6 @@ export function captureResponse(
   onEnd: (captured: CapturedResponse) => Promise<Replacement | void>,
 ): void {
   const maxBytes = streamPast ?? Infinity;
-  const original = saveMethods(response);
   const chunks: Buffer[] = [];
   let size = 0;
   let streaming = false;
@@ -61,13 +63,19 @@ export function captureResponse(
     (original.write as (chunk: Buffer) => boolean).call(response, held);
   };
 
-  response.writeHead = function (this: ServerResponse, ...args: any[]) {
+  const original = replaceMethods(response, {
+    writeHead: captureWriteHead as ServerResponse['writeHead'],
+    write: captureWrite as ServerResponse['write'],
+    end: captureEnd as ServerResponse['end'],
+  });
+
+  function captureWriteHead(...args: any[]) {
     if (streaming) return (original.writeHead as any).apply(response, args);
     recordHead(response, args);
     return response;
-  } as ServerResponse['writeHead'];
+  }
 
-  response.write = function (chunk: any, encoding?: any, callback?: any) {
+  function captureWrite(chunk: any, encoding?: any, callback?: any) {
     if (ended) return false;
     if (streaming) return original.write.call(response, chunk, encoding, callback);
     const buffer = toBuffer(chunk, encoding);
@@ -76,9 +84,9 @@ export function captureResponse(
     if (size > maxBytes) startStreaming();
     settle(typeof encoding === 'function' ? encoding : callback);
     return true;
-  } as ServerResponse['write'];
+  }
 
-  response.end = function (chunk?: any, encoding?: any, callback?: any) {
+  function captureEnd(chunk?: any, encoding?: any, callback?: any) {
     if (ended) return response;
     ended = true;
     if (typeof chunk === 'function') [chunk, callback] = [undefined, chunk];
@@ -105,7 +113,7 @@ export function captureResponse(
         else response.end(body ?? tail, callback);
       });
     return response;
-  } as ServerResponse['end'];
+  }
 }
 
 /**
@@ -119,18 +127,19 @@ export function replayResponse(
   keepHeader: KeepHeader,
   extraHeaders: Record<string, string>,
 ): void {
-  const original = saveMethods(response);
-  response.writeHead = (() => response) as unknown as ServerResponse['writeHead'];
-  response.write = ((_chunk: unknown, encoding?: unknown, callback?: unknown) => {
-    settle((typeof encoding === 'function' ? encoding : callback) as WriteCallback | undefined);
-    return true;
-  }) as ServerResponse['write'];
-  response.end = ((...args: unknown[]) => {
-    restoreMethods(response, original);
-    const callback = args.find((arg) => typeof arg === 'function') as WriteCallback | undefined;
-    sendInstead(response, stored, keepHeader, extraHeaders, callback);
-    return response;
-  }) as ServerResponse['end'];
+  const original = replaceMethods(response, {
+    writeHead: (() => response) as unknown as ServerResponse['writeHead'],
+    write: ((_chunk: unknown, encoding?: unknown, callback?: unknown) => {
+      settle((typeof encoding === 'function' ? encoding : callback) as WriteCallback | undefined);
+      return true;
+    }) as ServerResponse['write'],
+    end: ((...args: unknown[]) => {
+      restoreMethods(response, original);
+      const callback = args.find((arg) => typeof arg === 'function') as WriteCallback | undefined;
+      sendInstead(response, stored, keepHeader, extraHeaders, callback);
+      return response;
+    }) as ServerResponse['end'],
+  });
 }
 
 /** Replaces the status, headers (but those `keepHeader` names) and body of a response not yet sent, and sends it. */
@@ -148,15 +157,50 @@ function sendInstead(
   response.end(replacement.body, callback);
 }
 
-function saveMethods(response: ServerResponse): PatchedMethods {
-  // Own properties win over the prototype's: keep what other middleware (e.g. compression) patched.
-  return { writeHead: response.writeHead, write: response.write, end: response.end };
+// The stand-in methods of each response whose prototype was swapped, and the swapped-in
+// prototype made for each original prototype.
+const standIns = new WeakMap<ServerResponse, WriteMethods>();
+const standInPrototypes = new WeakMap<object, object>();
+
+/**
+ * Makes `methods` answer `writeHead`, `write` and `end` of `response`, and returns the methods
+ * they replace (the response's own ones first: what other middleware, e.g. compression, put there
+ * stays below the capture). Express replaces the prototype of its responses, and adding
+ * properties to such an object costs microseconds and slows every later access to it; so a
+ * response like that, without write methods of its own, gets a prototype (made once per original
+ * prototype) whose methods forward to `methods`. Other responses get `methods` as their own.
+ */
+function replaceMethods(response: ServerResponse, methods: WriteMethods): WriteMethods {
+  const original: WriteMethods = { writeHead: response.writeHead, write: response.write, end: response.end };
+  const prototype = Object.getPrototypeOf(response);
+  if (prototype === ServerResponse.prototype || WRITE_METHODS.some((name) => Object.hasOwn(response, name))) {
+    Object.assign(response, methods);
+  } else {
+    standIns.set(response, methods);
+    Object.setPrototypeOf(response, standInPrototype(prototype));
+  }
+  return original;
 }
 
-function restoreMethods(response: ServerResponse, original: PatchedMethods): void {
-  response.writeHead = original.writeHead;
-  response.write = original.write;
-  response.end = original.end;
+function restoreMethods(response: ServerResponse, original: WriteMethods): void {
+  if (standIns.delete(response)) Object.setPrototypeOf(response, Object.getPrototypeOf(Object.getPrototypeOf(response)));
+  else Object.assign(response, original);
+}
+
+function standInPrototype(prototype: Record<string, any>): object {
+  let standIn = standInPrototypes.get(prototype);
+  if (!standIn) {
+    const forwarders: Record<string, unknown> = {};
+    for (const name of WRITE_METHODS) {
+      // A reference to a stand-in kept past the restore still reaches the original method.
+      forwarders[name] = function (this: ServerResponse, ...args: unknown[]) {
+        return ((standIns.get(this) ?? prototype)[name] as (...args: unknown[]) => unknown).apply(this, args);
+      };
+    }
+    standIn = Object.assign(Object.create(prototype), forwarders) as object;
+    standInPrototypes.set(prototype, standIn);
+  }
+  return standIn;
 }
 
 /** Applies `writeHead(status[, message][, headers])` to the response object without sending it. */

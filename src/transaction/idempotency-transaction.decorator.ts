@@ -1,13 +1,14 @@
 import { createParamDecorator, type ExecutionContext } from '@nestjs/common';
+import type { EntityManager } from 'typeorm';
 
-/** Where the interceptor leaves the request's transaction for `@IdempotencyTransaction()`. */
-export const REQUEST_TRANSACTION = Symbol('idempotency:transaction');
+/** Where the interceptor leaves each request's transaction for `@IdempotencyTransaction()`. */
+export const requestTransactions = new WeakMap<object, EntityManager>();
 
 /** Marks a handler that takes the transaction, so bootstrap can check its route is transactional. */
 export const USES_TRANSACTION_METADATA = 'idempotency:uses-transaction';
 
 const injectTransaction = createParamDecorator((_data: unknown, context: ExecutionContext) => {
-  return context.switchToHttp().getRequest()[REQUEST_TRANSACTION];
+  return requestTransactions.get(context.switchToHttp().getRequest());
 });
 
 /**

@@ -11,7 +11,7 @@ import type { RunContext } from '../run-context';
 import type { RecordOwner, StoreTransaction } from '../store/idempotency.store';
 import { toStoredResponse } from '../stored-response';
 import { isConnectionFailure, isTransactionConflict } from '../store/postgres-errors';
-import { REQUEST_TRANSACTION } from './idempotency-transaction.decorator';
+import { requestTransactions } from './idempotency-transaction.decorator';
 
 /**
  * Runs a transactional route's handler inside the request's transaction and decides, once the
@@ -31,14 +31,14 @@ export class TransactionalRun {
   /** `owner` is the claim made in `transaction`, or undefined for a request without a key. */
   run(
     { exchange, trace, unstored }: RunContext,
-    request: Record<symbol, unknown>,
+    request: object,
     transaction: StoreTransaction,
     owner: RecordOwner | undefined,
     next: CallHandler,
   ): Observable<unknown> {
     let handlerThrew = false;
     let conflict = false;
-    request[REQUEST_TRANSACTION] = transaction.manager;
+    requestTransactions.set(request, transaction.manager);
 
     const rollBack = async (status: number) => {
       if (this.options.expiresHeader) exchange.response.removeHeader(this.options.expiresHeader);

@@ -284,10 +284,18 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
   })
   class FixtureModule implements NestModule {
     configure(consumer: MiddlewareConsumer) {
-      // A host middleware that gives every request and response its own id.
+      // A host middleware that gives every request and response its own id and, when asked to,
+      // wraps `end` on the response object itself, as compression middleware does.
       consumer
         .apply((request: any, response: any, next: () => void) => {
           response.setHeader('x-request-id', request.headers['x-request-id'] ?? `req_${randomUUID()}`);
+          if (request.headers['x-wrap-end']) {
+            const end = response.end;
+            response.end = function (this: any, ...args: unknown[]) {
+              this.setHeader('x-wrapped', 'yes');
+              return end.apply(this, args);
+            };
+          }
           next();
         })
         .forRoutes('*path');
