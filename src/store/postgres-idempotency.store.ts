@@ -30,10 +30,11 @@ const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 10
 /**
  * The claim in one statement and one round trip: either the INSERT of a new record wins, or the
  * record already there comes back (for a replay, a conflict, or a take-over below). Both parts
- * read the table as it was when the statement started, so exactly one of them returns a row; two
- * racing INSERTs are decided by the unique key, and the loser gets no row at all (its snapshot
- * predates the winner's row), so the caller asks again and then sees the winner's claim. A key
- * that has a record costs the INSERT only its look-up in the unique index: nothing is written.
+ * read the table as it was when the statement started, so one of them returns a row (see claim()
+ * for the one case where both do); two racing INSERTs are decided by the unique key, and the loser
+ * gets no row at all (its snapshot predates the winner's row), so the caller asks again and then
+ * sees the winner's claim. A key that has a record costs the INSERT only its look-up in the unique
+ * index: nothing is written.
  *
  * A fresh record's fencing token starts at a random value, not 1: should the row ever vanish
  * while its owner still runs (purged after its TTL, lost with the database), the next record of
@@ -138,7 +139,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
       const { rows } = await run(CLAIM, values);
       // Both rows come back only when a purge deleted the old record after the statement began
       // (the INSERT then no longer conflicts): the new claim is what counts.
-      let row = rows.length > 1 ? rows.find((candidate) => candidate.claimed) : rows[0];
+      let row = rows.find((candidate) => candidate.claimed) ?? rows[0];
       if (row?.claimable) [row] = (await run(TAKE_OVER, [...values, row.fence])).rows;
       // No row: another claim won a race for the key; ask again to see what it left.
       if (!row) continue;
