@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { request as httpRequest, type Server } from 'node:http';
 import net from 'node:net';
 import { fingerprintRequest } from '../src/fingerprint';
+import type { Pool } from 'pg';
 import { IdempotencyStore } from '../src';
+import type { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
+import { sqlRunner, type SqlRunner } from '../src/store/sql-runner';
 import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, scopeOf, send, type WireResponse } from './support/http-client';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
@@ -196,6 +199,34 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     } finally {
       await purge.release();
     }
+  });
+
+  it('never mixes two bodies when a large stored body changes between the pieces of its read', async () => {
+    const store = first.app.get(IdempotencyStore) as PostgresIdempotencyStore;
+    const id = { scope: scopeOf(token), key: randomUUID(), fingerprint: 'f'.repeat(64), lease: 60_000, ttl: 60_000 };
+    // Three pieces of 256 KiB; the two bodies differ in every byte.
+    const oldBody = Buffer.alloc(600 * 1024, 'a');
+    const newBody = Buffer.alloc(600 * 1024, 'b');
+    const claimed = await store.claim(id);
+    if (claimed.kind !== 'claimed') throw new Error('expected a claim');
+    await store.complete(claimed.owner, { status: 200, headers: {}, body: oldBody });
+    // After the first piece is read, the record is taken over and completed with another body.
+    const run = sqlRunner((first.dataSource.driver as unknown as { master: Pool }).master);
+    let pieces = 0;
+    const interleaved: SqlRunner = async (statement, values) => {
+      const result = await run(statement, values);
+      if (statement.name.startsWith('idempotency_read_body_piece') && ++pieces === 1) {
+        await first.dataSource.query(
+          `UPDATE idempotency_keys SET fence = fence + 1, response_body = $3 WHERE api_key_id = $1 AND idem_key = $2`,
+          [id.scope, id.key, newBody],
+        );
+      }
+      return result;
+    };
+    const replay = await store.claim(id, interleaved);
+    if (replay.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.kind}`);
+    expect(replay.response.body?.equals(newBody)).toBe(true);
+    expect(pieces).toBeGreaterThan(3);
   });
 
   it('completes the record of a client that hung up mid-request, and replays it to the retry', async () => {
