@@ -4,7 +4,8 @@ import net from 'node:net';
 import { fingerprintRequest } from '../src/fingerprint';
 import type { Pool } from 'pg';
 import { IdempotencyStore } from '../src';
-import type { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
+import type { ClaimRequest } from '../src/store/idempotency.store';
+import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
 import { sqlRunner, type SqlRunner } from '../src/store/sql-runner';
 import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, scopeOf, send, type WireResponse } from './support/http-client';
@@ -227,6 +228,109 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     if (replay.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.kind}`);
     expect(replay.response.body?.equals(newBody)).toBe(true);
     expect(pieces).toBeGreaterThan(3);
+  });
+
+  describe('when most keys come back recorded (a retry storm), a claim reads the record first', () => {
+    const claimRequest = (key: string, fingerprint = 'f'.repeat(64)) => ({ scope: scopeOf(token), key, fingerprint, lease: 60_000, ttl: 60_000 });
+    // A store of its own, so the history of the shared app's store does not decide which way it claims.
+    const freshStore = () => {
+      const store = new PostgresIdempotencyStore(first.dataSource);
+      const run = sqlRunner((first.dataSource.driver as unknown as { master: Pool }).master);
+      let statements: string[] = [];
+      const recording: SqlRunner = (statement, values) => {
+        statements.push(statement.name.replace(/^idempotency_|_v\d+$/g, ''));
+        return run(statement, values);
+      };
+      return {
+        store,
+        async claim(request: ClaimRequest) {
+          statements = [];
+          const outcome = await store.claim(request, recording);
+          return { outcome, statements };
+        },
+      };
+    };
+    const recordCompleted = async (request: ClaimRequest, body: Buffer) => {
+      const store = first.app.get(IdempotencyStore);
+      const claimed = await store.claim(request);
+      if (claimed.kind !== 'claimed') throw new Error('expected a claim');
+      await store.complete(claimed.owner, { status: 201, headers: { 'content-type': 'text/plain' }, body });
+      return claimed.owner;
+    };
+    const turnToReadingFirst = async (subject: ReturnType<typeof freshStore>) => {
+      const request = claimRequest(randomUUID());
+      await recordCompleted(request, Buffer.from('recorded'));
+      for (let i = 0; i < 40; i++) await subject.claim(request);
+      expect((await subject.claim(request)).statements).toEqual(['look']);
+    };
+
+    it('answers every kind of record as the claim does, and takes a key only through the claim', async () => {
+      const subject = freshStore();
+      const fresh = claimRequest(randomUUID());
+      expect((await subject.claim(fresh)).statements).toEqual(['claim']);
+      await turnToReadingFirst(subject);
+
+      const completed = claimRequest(randomUUID());
+      await recordCompleted(completed, Buffer.from('stored answer'));
+      const replay = await subject.claim(completed);
+      expect(replay.statements).toEqual(['look']);
+      if (replay.outcome.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.outcome.kind}`);
+      expect(replay.outcome.response.body?.toString()).toBe('stored answer');
+      expect(replay.outcome.fingerprint).toBe(completed.fingerprint);
+
+      const other = await subject.claim({ ...completed, fingerprint: 'e'.repeat(64) });
+      expect(other.outcome).toMatchObject({ kind: 'completed', fingerprint: completed.fingerprint });
+
+      const large = claimRequest(randomUUID());
+      const largeBody = Buffer.alloc(300 * 1024, 'z');
+      await recordCompleted(large, largeBody);
+      const largeReplay = await subject.claim(large);
+      expect(largeReplay.statements).toEqual(['look', 'read_body_piece', 'read_body_piece']);
+      expect(largeReplay.outcome.kind === 'completed' && largeReplay.outcome.response.body?.equals(largeBody)).toBe(true);
+
+      const inFlight = claimRequest(randomUUID());
+      await first.app.get(IdempotencyStore).claim(inFlight);
+      expect((await subject.claim(inFlight)).outcome).toEqual({ kind: 'in_flight', fingerprint: inFlight.fingerprint });
+
+      // An expired record and an abandoned claim are found by the read, and taken only by the claim.
+      const expired = claimRequest(randomUUID());
+      const expiredOwner = await recordCompleted(expired, Buffer.from('old'));
+      await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [expired.scope, expired.key]);
+      const takenOver = await subject.claim(expired);
+      expect(takenOver.statements).toEqual(['look', 'claim', 'take_over']);
+      expect(takenOver.outcome).toMatchObject({ kind: 'claimed', owner: { fence: expiredOwner.fence + 1 } });
+
+      const abandoned = claimRequest(randomUUID());
+      await first.app.get(IdempotencyStore).claim(abandoned);
+      await first.dataSource.query(`UPDATE idempotency_keys SET lease_expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [abandoned.scope, abandoned.key]);
+      expect((await subject.claim(abandoned)).outcome.kind).toBe('claimed');
+
+      const absent = await subject.claim(claimRequest(randomUUID()));
+      expect(absent.statements).toEqual(['look', 'claim']);
+      expect(absent.outcome.kind).toBe('claimed');
+    });
+
+    it('claims straight away again once fresh keys are the usual again', async () => {
+      const subject = freshStore();
+      await turnToReadingFirst(subject);
+      for (let i = 0; i < 40; i++) await subject.claim(claimRequest(randomUUID()));
+      expect((await subject.claim(claimRequest(randomUUID()))).statements).toEqual(['claim']);
+    });
+
+    it('runs the handler exactly once for concurrent requests with one key while both instances read first', async () => {
+      const recorded = randomUUID();
+      expect((await post(first, '/things', recorded, { warm: true })).status).toBe(201);
+      // Replays on both instances turn their stores to reading first.
+      for (let i = 0; i < 40; i++) {
+        for (const app of [first, second]) expect((await post(app, '/things', recorded, { warm: true })).headers['idempotency-replayed']).toBe('true');
+      }
+      const key = randomUUID();
+      const before = handlerRuns('create');
+      const answers = await Promise.all(Array.from({ length: 30 }, (_, i) => post(i % 2 === 0 ? first : second, '/things', key, { burst: 2 })));
+      expect(handlerRuns('create')).toBe(before + 1);
+      expect(answers.every((answer) => answer.status === 201 || answer.json.error.code === 'idempotency_key_in_use')).toBe(true);
+      expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
+    });
   });
 
   it('completes the record of a client that hung up mid-request, and replays it to the retry', async () => {

@@ -1,4 +1,4 @@
-import type { Pool, PoolClient } from 'pg';
+import type { Pool, PoolClient, QueryResultRow } from 'pg';
 import type { DataSource } from 'typeorm';
 import {
   IdempotencyStore,
@@ -10,6 +10,7 @@ import {
   type StoredResponse,
 } from './idempotency.store';
 import { PostgresStoreTransaction } from './postgres-store-transaction';
+import { RecordedKeyRate } from './recorded-key-rate';
 import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner';
 
 // A record may be taken over when its TTL is over (unless a live claim still holds it), or when
@@ -26,6 +27,11 @@ const BODY_PIECE_BYTES = 256 * 1024;
 
 // The expiry as epoch milliseconds: a number is cheaper to read than a timestamp's text.
 const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 1000)::double precision AS expires_ms`;
+
+// What CLAIM and LOOK return for a record already there: as it is, and whether it may be taken over.
+const RECORD_COLUMNS = (row: string) => `false AS claimed, ${row}.fence, NULL::double precision AS expires_ms, ${row}.fingerprint,
+  ${row}.response_status, ${row}.response_headers, CASE WHEN octet_length(${row}.response_body) <= ${INLINE_BODY_BYTES} THEN ${row}.response_body END AS response_body,
+  octet_length(${row}.response_body) AS body_length, ${claimable(row, '$3')} AS claimable`;
 
 /**
  * The claim in one statement and one round trip: either the INSERT of a new record wins, or the
@@ -54,10 +60,17 @@ const CLAIM: PreparedStatement = {
            NULL::jsonb AS response_headers, NULL::bytea AS response_body, NULL::integer AS body_length, false AS claimable
     FROM claimed c
     UNION ALL
-    SELECT false, e.fence, NULL, e.fingerprint, e.response_status, e.response_headers,
-           CASE WHEN octet_length(e.response_body) <= ${INLINE_BODY_BYTES} THEN e.response_body END, octet_length(e.response_body),
-           ${claimable('e', '$3')}
-    FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
+    SELECT ${RECORD_COLUMNS('e')} FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
+};
+
+/**
+ * CLAIM's look-up of the record alone. A statement that may write costs PostgreSQL noticeably
+ * more to start than a plain SELECT, even when it writes nothing, so when most keys come back
+ * recorded (see RecordedKeyRate) this is asked first; a key without a record then goes on to CLAIM.
+ */
+const LOOK: PreparedStatement = {
+  name: 'idempotency_look_v1',
+  text: `SELECT ${RECORD_COLUMNS('e')} FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
 };
 
 /**
@@ -133,20 +146,27 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   private readonly run: SqlRunner = (statement, values) => sqlRunner(this.pool())(statement, values);
 
+  private readonly recordedKeys = new RecordedKeyRate();
+
   async claim(request: ClaimRequest, run: SqlRunner = this.run): Promise<ClaimOutcome> {
+    const outcome = await this.settle(request, run);
+    this.recordedKeys.observe(outcome.kind !== 'claimed');
+    return outcome;
+  }
+
+  private async settle(request: ClaimRequest, run: SqlRunner): Promise<ClaimOutcome> {
     const values = [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
     for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
-      const { rows } = await run(CLAIM, values);
-      // Both rows come back only when a purge deleted the old record after the statement began
-      // (the INSERT then no longer conflicts): the new claim is what counts.
-      let row = rows.find((candidate) => candidate.claimed) ?? rows[0];
-      if (row?.claimable) [row] = (await run(TAKE_OVER, [...values, row.fence])).rows;
+      // Only a record LOOK finds and that may not be taken over settles the request without
+      // CLAIM: the key is never taken on the strength of a read.
+      let row = attempt === 0 && this.recordedKeys.usual ? await this.look(values, run) : undefined;
+      row ??= await this.takeOrFind(values, run);
       // No row: another claim won a race for the key; ask again to see what it left.
       if (!row) continue;
       if (row.claimed) return { kind: 'claimed', owner: { scope: request.scope, key: request.key, fence: row.fence }, expiresAt: new Date(row.expires_ms) };
       if (row.response_status === null) return { kind: 'in_flight', fingerprint: row.fingerprint };
       let body: Buffer | null = row.response_body;
-      // Only a replay (same fingerprint) needs a body that did not come with the claim.
+      // Only a replay (same fingerprint) needs a body that did not come with the record.
       if (body === null && row.body_length !== null && row.fingerprint === request.fingerprint) {
         const read = await this.readBody({ scope: request.scope, key: request.key, fence: row.fence }, row.body_length, run);
         // The record changed while it was read (taken over after its TTL, purged): claim again.
@@ -158,6 +178,21 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     }
     // Lost the race for the key every time: someone else holds it now.
     return { kind: 'in_flight', fingerprint: null };
+  }
+
+  /** The record of the key when there is one that may not be taken over. */
+  private async look(values: unknown[], run: SqlRunner): Promise<QueryResultRow | undefined> {
+    const [row] = (await run(LOOK, values.slice(0, 3))).rows;
+    return row?.claimable ? undefined : row;
+  }
+
+  /** CLAIM, and the take-over of what it found claimable; undefined when a racing claim won. */
+  private async takeOrFind(values: unknown[], run: SqlRunner): Promise<QueryResultRow | undefined> {
+    const { rows } = await run(CLAIM, values);
+    // Both rows come back only when a purge deleted the old record after the statement began
+    // (the INSERT then no longer conflicts): the new claim is what counts.
+    const row = rows.find((candidate) => candidate.claimed) ?? rows[0];
+    return row?.claimable ? (await run(TAKE_OVER, [...values, row.fence])).rows[0] : row;
   }
 
   /** Reads a stored body piece by piece into one buffer; undefined when the record changed meanwhile. */
