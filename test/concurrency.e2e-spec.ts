@@ -6,6 +6,7 @@ import type { Pool } from 'pg';
 import { IdempotencyStore } from '../src';
 import type { ClaimRequest } from '../src/store/idempotency.store';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
+import type { RecordedKeyRate } from '../src/store/recorded-key-rate';
 import { sqlRunner, type SqlRunner } from '../src/store/sql-runner';
 import { PLATFORMS, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, scopeOf, send, type WireResponse } from './support/http-client';
@@ -260,7 +261,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     const turnToReadingFirst = async (subject: ReturnType<typeof freshStore>) => {
       const request = claimRequest(randomUUID());
       await recordCompleted(request, Buffer.from('recorded'));
-      for (let i = 0; i < 40; i++) await subject.claim(request);
+      for (let i = 0; i < 60; i++) await subject.claim(request);
       expect((await subject.claim(request)).statements).toEqual(['look']);
     };
 
@@ -321,8 +322,11 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
       const recorded = randomUUID();
       expect((await post(first, '/things', recorded, { warm: true })).status).toBe(201);
       // Replays on both instances turn their stores to reading first.
-      for (let i = 0; i < 40; i++) {
+      for (let i = 0; i < 60; i++) {
         for (const app of [first, second]) expect((await post(app, '/things', recorded, { warm: true })).headers['idempotency-replayed']).toBe('true');
+      }
+      for (const app of [first, second]) {
+        expect((app.app.get(IdempotencyStore) as unknown as { recordedKeys: RecordedKeyRate }).recordedKeys.usual).toBe(true);
       }
       const key = randomUUID();
       const before = handlerRuns('create');
