@@ -36,7 +36,7 @@ const RECORD_COLUMNS = (row: string) => `false AS claimed, ${row}.fence, NULL::d
 /**
  * The claim in one statement and one round trip: either the INSERT of a new record wins, or the
  * record already there comes back (for a replay, a conflict, or a take-over below). Both parts
- * read the table as it was when the statement started, so one of them returns a row (see claim()
+ * read the table as it was when the statement started, so one of them returns a row (see takeOrFind()
  * for the one case where both do); two racing INSERTs are decided by the unique key, and the loser
  * gets no row at all (its snapshot predates the winner's row), so the caller asks again and then
  * sees the winner's claim. A key that has a record costs the INSERT only its look-up in the unique
