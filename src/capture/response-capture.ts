@@ -190,14 +190,16 @@ function restoreMethods(response: ServerResponse, original: WriteMethods): void 
 function standInPrototype(prototype: Record<string, any>): object {
   let standIn = standInPrototypes.get(prototype);
   if (!standIn) {
-    const forwarders: Record<string, unknown> = {};
+    // Defined, not assigned: assigning would throw where the original prototype's methods are read-only.
+    const forwarders: PropertyDescriptorMap = {};
     for (const name of WRITE_METHODS) {
       // A reference to a stand-in kept past the restore still reaches the original method.
-      forwarders[name] = function (this: ServerResponse, ...args: unknown[]) {
+      const forward = function (this: ServerResponse, ...args: unknown[]) {
         return ((standIns.get(this) ?? prototype)[name] as (...args: unknown[]) => unknown).apply(this, args);
       };
+      forwarders[name] = { value: forward, writable: true, configurable: true };
     }
-    standIn = Object.assign(Object.create(prototype), forwarders) as object;
+    standIn = Object.create(prototype, forwarders) as object;
     standInPrototypes.set(prototype, standIn);
   }
   return standIn;
