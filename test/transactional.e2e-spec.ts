@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { Controller, Post } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
-import { IdempotencyConfigurationError, Idempotent, IdempotencyTransaction } from '../src';
+import { IdempotencyConfigurationError, Idempotent, IdempotencyStore, IdempotencyTransaction } from '../src';
+import type { RecordedKeyRate } from '../src/store/recorded-key-rate';
 import { PLATFORMS, bootFixture, type FixtureApp } from './support/fixture-app';
 import { authed, send } from './support/http-client';
 import { LEDGER_SCHEMA, LedgerController } from './support/ledger-controller';
@@ -132,6 +133,23 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
     expect(replay.body.equals(done.body)).toBe(true);
     expect(app.probe.count(`ledger-slow:${gate}`)).toBe(1);
     expect(await ledgerRows(note)).toBe(1);
+  });
+
+  it('reads first in a retry storm here too: replays write nothing, and a burst on a fresh key commits one row', async () => {
+    const recorded = randomUUID();
+    const warm = { note: randomUUID() };
+    expect((await post('/ledger', recorded, warm)).status).toBe(201);
+    for (let i = 0; i < 60; i++) expect((await post('/ledger', recorded, warm)).headers['idempotency-replayed']).toBe('true');
+    expect((app.app.get(IdempotencyStore) as unknown as { recordedKeys: RecordedKeyRate }).recordedKeys.usual).toBe(true);
+    expect(await ledgerRows(warm.note)).toBe(1);
+
+    const key = randomUUID();
+    const note = randomUUID();
+    const answers = await Promise.all(Array.from({ length: 20 }, () => post('/ledger', key, { note })));
+    expect(answers.every((answer) => answer.status === 201 || answer.json.error.code === 'idempotency_key_in_use')).toBe(true);
+    expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
+    expect(await ledgerRows(note)).toBe(1);
+    expect((await post('/ledger', key, { note })).headers['idempotency-replayed']).toBe('true');
   });
 
   it('turns a serialization failure into 409 transaction_conflict that the client retries with the same key', async () => {
