@@ -19,7 +19,7 @@ describe('replayResponse on a response whose prototype was replaced (as Express 
 
     replayResponse(response, { status: 200, headers: { 'content-type': 'text/plain' }, body: Buffer.from('stored') }, () => false, {});
     // Middleware that wraps end() keeps a reference to the method it found, the stand-in.
-    const heldEnd = response.end;
+    const heldEnd = response.end as (chunk?: unknown) => ServerResponse;
     response.end('rendered');
     expect(Object.getPrototypeOf(response)).toBe(expressLike);
     heldEnd.call(response, 'late');

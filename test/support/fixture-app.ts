@@ -37,7 +37,8 @@ import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fa
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { DataSource } from 'typeorm';
-import { CreateIdempotencyKeys1764288000000, Idempotent, IdempotencyModule, type IdempotencyModuleOptions } from '../../src';
+import { CreateIdempotencyKeys1764288000000, Idempotent, IdempotencyModule, IdempotencyStore, type IdempotencyModuleOptions } from '../../src';
+import type { RecordedKeyRate } from '../../src/store/recorded-key-rate';
 
 /** Counts handler executions and lets a test hold a handler until it says go. */
 @Injectable()
@@ -322,6 +323,11 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
     dataSource: app.get(DataSource),
     close: () => app.close(),
   };
+}
+
+/** Whether the app's store reads records before it claims (see RecordedKeyRate). */
+export function readsFirst(fixture: FixtureApp): boolean {
+  return (fixture.app.get(IdempotencyStore) as unknown as { recordedKeys: RecordedKeyRate }).recordedKeys.usual;
 }
 
 /** Boots the general fixture app (things, plain, whole) with module options. */
