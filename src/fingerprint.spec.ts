@@ -33,9 +33,14 @@ describe('fingerprintRequest', () => {
   });
 
   // Records outlive deploys: a retry sent across one must get the same fingerprint.
-  it('keeps its canonical form: sorted keys, no whitespace, hashed after method and URL', () => {
-    const canonical = 'POST\n/v1/keys\njson:{"a":1,"b":[1,{"c":2,"d":null}]}';
-    expect(fingerprintRequest(base)).toBe(createHash('sha256').update(canonical).digest('hex'));
+  it.each([
+    [base.body, '{"a":1,"b":[1,{"c":2,"d":null}]}'],
+    // Keys in code-unit order ("10" before "2"), escapes as JSON.stringify writes them, empty containers.
+    [{ é: ['a"b', { y: null, x: [[], {}] }], 2: -0.5, 10: true }, '{"10":true,"2":-0.5,"é":["a\\"b",{"x":[[],{}],"y":null}]}'],
+    [[{}, [[]], 'x'], '[{},[[]],"x"]'],
+  ])('keeps its canonical form: sorted keys, no whitespace, hashed after method and URL (%j)', (body, text) => {
+    const canonical = `POST\n/v1/keys\njson:${text}`;
+    expect(fingerprintRequest({ ...base, body })).toBe(createHash('sha256').update(canonical).digest('hex'));
   });
 
   it('hashes a body of several hash pieces the same as in one piece', () => {

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 // Spaces and tabs only: String#trim() would also strip U+00A0 and fold two tokens into one scope.
 const BEARER = /^[ \t]*bearer[ \t]+(.*?)[ \t]*$/i;
@@ -8,8 +8,9 @@ const BEARER = /^[ \t]*bearer[ \t]+(.*?)[ \t]*$/i;
  * key and the raw token is never stored. Another scheme, an empty token or no header: unresolved.
  */
 export function bearerTokenScope(request: any): string | undefined {
-  const header = (request.raw ?? request).headers?.authorization;
+  // Fastify's request exposes the raw request's headers too.
+  const header = request.headers?.authorization;
   if (typeof header !== 'string') return undefined;
   const token = BEARER.exec(header)?.[1];
-  return token ? createHash('sha256').update(token).digest('hex') : undefined;
+  return token ? hash('sha256', token, 'hex') : undefined;
 }

@@ -171,20 +171,26 @@ const standInPrototypes = new WeakMap<object, object>();
  * prototype) whose methods forward to `methods`. Other responses get `methods` as their own.
  */
 function replaceMethods(response: ServerResponse, methods: WriteMethods): WriteMethods {
-  const original: WriteMethods = { writeHead: response.writeHead, write: response.write, end: response.end };
-  const prototype = Object.getPrototypeOf(response);
+  let prototype = Object.getPrototypeOf(response);
   if (prototype === ServerResponse.prototype || WRITE_METHODS.some((name) => Object.hasOwn(response, name))) {
+    const original: WriteMethods = { writeHead: response.writeHead, write: response.write, end: response.end };
     Object.assign(response, methods);
-  } else {
-    standIns.set(response, methods);
-    Object.setPrototypeOf(response, standInPrototype(prototype));
+    return original;
   }
-  return original;
+  // An earlier capture or replay of this response may have left its stand-in prototype in place.
+  if (standInPrototypes.get(Object.getPrototypeOf(prototype)) === prototype) prototype = Object.getPrototypeOf(prototype);
+  else Object.setPrototypeOf(response, standInPrototype(prototype));
+  standIns.set(response, methods);
+  return { writeHead: prototype.writeHead, write: prototype.write, end: prototype.end };
 }
 
+/**
+ * Gives `response` its `original` methods back. A swapped-in prototype stays: without stand-ins
+ * it forwards to the original prototype's methods, and swapping a prototype back costs as much as
+ * swapping it in (each Express response has a map of its own, so V8 caches neither).
+ */
 function restoreMethods(response: ServerResponse, original: WriteMethods): void {
-  if (standIns.delete(response)) Object.setPrototypeOf(response, Object.getPrototypeOf(Object.getPrototypeOf(response)));
-  else Object.assign(response, original);
+  if (!standIns.delete(response)) Object.assign(response, original);
 }
 
 function standInPrototype(prototype: Record<string, any>): object {
@@ -193,7 +199,7 @@ function standInPrototype(prototype: Record<string, any>): object {
     // Defined, not assigned: assigning would throw where the original prototype's methods are read-only.
     const forwarders: PropertyDescriptorMap = {};
     for (const name of WRITE_METHODS) {
-      // A reference to a stand-in kept past the restore still reaches the original method.
+      // Once the stand-ins are gone (and for a reference to a forwarder kept past them), the original answers.
       const forward = function (this: ServerResponse, ...args: unknown[]) {
         return ((standIns.get(this) ?? prototype)[name] as (...args: unknown[]) => unknown).apply(this, args);
       };
