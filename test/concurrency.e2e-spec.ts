@@ -7,7 +7,7 @@ import { IdempotencyStore } from '../src';
 import type { ClaimRequest } from '../src/store/idempotency.store';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
 import { sqlRunner, type SqlRunner } from '../src/store/sql-runner';
-import { PLATFORMS, readsFirst, startFixtureApp, type FixtureApp } from './support/fixture-app';
+import { PLATFORMS, claimOpening, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, scopeOf, send, type WireResponse } from './support/http-client';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 import { waitFor } from './support/wait-for';
@@ -178,8 +178,8 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     if (old.kind !== 'claimed') throw new Error('expected a claim');
     await store.complete(old.owner, { status: 200, headers: {}, body: Buffer.from('old') });
     await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [id.scope, id.key]);
-    // A purge has deleted the record but not committed yet: the claim's INSERT waits for it, while
-    // the statement as a whole still sees the old record.
+    // A purge has deleted the record but not committed yet: the claim's INSERT (alone or in CLAIM)
+    // waits for it, while CLAIM as a whole still sees the old record.
     const purge = first.dataSource.createQueryRunner();
     await purge.connect();
     try {
@@ -188,7 +188,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
       const claim = store.claim(id);
       await waitFor(async () => {
         const [waiting] = await first.dataSource.query(
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%WITH claimed AS%'`,
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_keys%'`,
         );
         return waiting.n === 1;
       });
@@ -230,7 +230,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     expect(pieces).toBeGreaterThan(3);
   });
 
-  describe('when most keys come back recorded (a retry storm), a claim reads the record first', () => {
+  describe('a claim opens with the statement the recent keys make cheapest', () => {
     const claimRequest = (key: string, fingerprint = 'f'.repeat(64)) => ({ scope: scopeOf(token), key, fingerprint, lease: 60_000, ttl: 60_000 });
     // A store of its own, so the history of the shared app's store does not decide which way it claims.
     const freshStore = () => {
@@ -256,82 +256,137 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
       await store.complete(claimed.owner, { status: 201, headers: { 'content-type': 'text/plain' }, body });
       return claimed.owner;
     };
-    const turnToReadingFirst = async (subject: ReturnType<typeof freshStore>) => {
-      const request = claimRequest(randomUUID());
-      await recordCompleted(request, Buffer.from('recorded'));
-      for (let i = 0; i < 60; i++) await subject.claim(request);
-      expect((await subject.claim(request)).statements).toEqual(['look']);
-    };
-
-    it('answers every kind of record as the claim does, and takes a key only through the claim', async () => {
-      const subject = freshStore();
-      const fresh = claimRequest(randomUUID());
-      expect((await subject.claim(fresh)).statements).toEqual(['claim']);
-      await turnToReadingFirst(subject);
-
-      const completed = claimRequest(randomUUID());
-      await recordCompleted(completed, Buffer.from('stored answer'));
-      const replay = await subject.claim(completed);
-      expect(replay.statements).toEqual(['look']);
-      if (replay.outcome.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.outcome.kind}`);
-      expect(replay.outcome.response.body?.toString()).toBe('stored answer');
-      expect(replay.outcome.fingerprint).toBe(completed.fingerprint);
-
-      const other = await subject.claim({ ...completed, fingerprint: 'e'.repeat(64) });
-      expect(other.outcome).toMatchObject({ kind: 'completed', fingerprint: completed.fingerprint });
-
-      const large = claimRequest(randomUUID());
-      const largeBody = Buffer.alloc(300 * 1024, 'z');
-      await recordCompleted(large, largeBody);
-      const largeReplay = await subject.claim(large);
-      expect(largeReplay.statements).toEqual(['look', 'read_body_piece', 'read_body_piece']);
-      expect(largeReplay.outcome.kind === 'completed' && largeReplay.outcome.response.body?.equals(largeBody)).toBe(true);
-
-      const inFlight = claimRequest(randomUUID());
-      await first.app.get(IdempotencyStore).claim(inFlight);
-      expect((await subject.claim(inFlight)).outcome).toEqual({ kind: 'in_flight', fingerprint: inFlight.fingerprint });
-
-      // An expired record and an abandoned claim are found by the read, and taken only by the claim.
-      const expired = claimRequest(randomUUID());
-      const expiredOwner = await recordCompleted(expired, Buffer.from('old'));
-      await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [expired.scope, expired.key]);
-      const takenOver = await subject.claim(expired);
-      expect(takenOver.statements).toEqual(['look', 'claim', 'take_over']);
-      expect(takenOver.outcome).toMatchObject({ kind: 'claimed', owner: { fence: expiredOwner.fence + 1 } });
-
-      const abandoned = claimRequest(randomUUID());
-      await first.app.get(IdempotencyStore).claim(abandoned);
-      await first.dataSource.query(`UPDATE idempotency_keys SET lease_expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [abandoned.scope, abandoned.key]);
-      const abandonedTaken = await subject.claim(abandoned);
-      expect(abandonedTaken.statements).toEqual(['look', 'claim', 'take_over']);
-      expect(abandonedTaken.outcome.kind).toBe('claimed');
-
-      const absent = await subject.claim(claimRequest(randomUUID()));
-      expect(absent.statements).toEqual(['look', 'claim']);
-      expect(absent.outcome.kind).toBe('claimed');
-    });
-
-    it('claims straight away again once fresh keys are the usual again', async () => {
-      const subject = freshStore();
-      await turnToReadingFirst(subject);
-      for (let i = 0; i < 40; i++) await subject.claim(claimRequest(randomUUID()));
-      expect((await subject.claim(claimRequest(randomUUID()))).statements).toEqual(['claim']);
-    });
-
-    it('runs the handler exactly once for concurrent requests with one key while both instances read first', async () => {
-      const recorded = randomUUID();
-      expect((await post(first, '/things', recorded, { warm: true })).status).toBe(201);
-      // Replays on both instances turn their stores to reading first.
-      for (let i = 0; i < 60; i++) {
-        for (const app of [first, second]) expect((await post(app, '/things', recorded, { warm: true })).headers['idempotency-replayed']).toBe('true');
-      }
-      for (const app of [first, second]) expect(readsFirst(app)).toBe(true);
+    // 30 requests with one new key, alternating between the two instances: one handler run, one answer.
+    const burstOverBothInstances = async () => {
       const key = randomUUID();
       const before = handlerRuns('create');
       const answers = await Promise.all(Array.from({ length: 30 }, (_, i) => post(i % 2 === 0 ? first : second, '/things', key, { burst: 2 })));
       expect(handlerRuns('create')).toBe(before + 1);
       expect(answers.every((answer) => answer.status === 201 || answer.json.error.code === 'idempotency_key_in_use')).toBe(true);
       expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
+    };
+
+    describe('when most keys come back recorded (a retry storm), a claim reads the record first', () => {
+      const turnToReadingFirst = async (subject: ReturnType<typeof freshStore>) => {
+        const request = claimRequest(randomUUID());
+        await recordCompleted(request, Buffer.from('recorded'));
+        for (let i = 0; i < 60; i++) await subject.claim(request);
+        expect((await subject.claim(request)).statements).toEqual(['look']);
+      };
+
+      it('answers every kind of record as the claim does, and takes a key only through the claim', async () => {
+        const subject = freshStore();
+        await turnToReadingFirst(subject);
+
+        const completed = claimRequest(randomUUID());
+        await recordCompleted(completed, Buffer.from('stored answer'));
+        const replay = await subject.claim(completed);
+        expect(replay.statements).toEqual(['look']);
+        if (replay.outcome.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.outcome.kind}`);
+        expect(replay.outcome.response.body?.toString()).toBe('stored answer');
+        expect(replay.outcome.fingerprint).toBe(completed.fingerprint);
+
+        const other = await subject.claim({ ...completed, fingerprint: 'e'.repeat(64) });
+        expect(other.outcome).toMatchObject({ kind: 'completed', fingerprint: completed.fingerprint });
+
+        const large = claimRequest(randomUUID());
+        const largeBody = Buffer.alloc(300 * 1024, 'z');
+        await recordCompleted(large, largeBody);
+        const largeReplay = await subject.claim(large);
+        expect(largeReplay.statements).toEqual(['look', 'read_body_piece', 'read_body_piece']);
+        expect(largeReplay.outcome.kind === 'completed' && largeReplay.outcome.response.body?.equals(largeBody)).toBe(true);
+
+        const inFlight = claimRequest(randomUUID());
+        await first.app.get(IdempotencyStore).claim(inFlight);
+        expect((await subject.claim(inFlight)).outcome).toEqual({ kind: 'in_flight', fingerprint: inFlight.fingerprint });
+
+        // An expired record and an abandoned claim are found by the read, and taken only by the claim.
+        const expired = claimRequest(randomUUID());
+        const expiredOwner = await recordCompleted(expired, Buffer.from('old'));
+        await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [expired.scope, expired.key]);
+        const takenOver = await subject.claim(expired);
+        expect(takenOver.statements).toEqual(['look', 'claim', 'take_over']);
+        expect(takenOver.outcome).toMatchObject({ kind: 'claimed', owner: { fence: expiredOwner.fence + 1 } });
+
+        const abandoned = claimRequest(randomUUID());
+        await first.app.get(IdempotencyStore).claim(abandoned);
+        await first.dataSource.query(`UPDATE idempotency_keys SET lease_expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [abandoned.scope, abandoned.key]);
+        const abandonedTaken = await subject.claim(abandoned);
+        expect(abandonedTaken.statements).toEqual(['look', 'claim', 'take_over']);
+        expect(abandonedTaken.outcome.kind).toBe('claimed');
+
+        const absent = await subject.claim(claimRequest(randomUUID()));
+        expect(absent.statements).toEqual(['look', 'claim']);
+        expect(absent.outcome.kind).toBe('claimed');
+      });
+
+      it('claims straight away again once fresh keys are the usual again, and inserts first once nearly all are', async () => {
+        const subject = freshStore();
+        await turnToReadingFirst(subject);
+        const openings: string[] = [];
+        for (let i = 0; i < 60; i++) {
+          const { outcome, statements } = await subject.claim(claimRequest(randomUUID()));
+          expect(outcome.kind).toBe('claimed');
+          if (openings.at(-1) !== statements[0]) openings.push(statements[0]);
+        }
+        expect(openings).toEqual(['look', 'claim', 'insert']);
+      });
+
+      it('runs the handler exactly once for concurrent requests with one key while both instances read first', async () => {
+        const recorded = randomUUID();
+        expect((await post(first, '/things', recorded, { warm: true })).status).toBe(201);
+        // Replays on both instances turn their stores to reading first.
+        for (let i = 0; i < 60; i++) {
+          for (const app of [first, second]) expect((await post(app, '/things', recorded, { warm: true })).headers['idempotency-replayed']).toBe('true');
+        }
+        for (const app of [first, second]) expect(claimOpening(app)).toBe('look');
+        await burstOverBothInstances();
+      });
+    });
+
+    describe('when nearly every key is new, a claim inserts first', () => {
+      it('answers every kind of record as the claim does, after an INSERT that wins nothing', async () => {
+        const subject = freshStore();
+        const fresh = await subject.claim(claimRequest(randomUUID()));
+        expect(fresh.statements).toEqual(['insert']);
+        expect(fresh.outcome.kind).toBe('claimed');
+
+        const completed = claimRequest(randomUUID());
+        await recordCompleted(completed, Buffer.from('stored answer'));
+        const replay = await subject.claim(completed);
+        expect(replay.statements).toEqual(['insert', 'claim']);
+        expect(replay.outcome.kind === 'completed' && replay.outcome.response.body?.toString()).toBe('stored answer');
+        const other = await subject.claim({ ...completed, fingerprint: 'e'.repeat(64) });
+        expect(other.outcome).toMatchObject({ kind: 'completed', fingerprint: completed.fingerprint });
+
+        const large = claimRequest(randomUUID());
+        const largeBody = Buffer.alloc(300 * 1024, 'z');
+        await recordCompleted(large, largeBody);
+        const largeReplay = await subject.claim(large);
+        expect(largeReplay.statements).toEqual(['insert', 'claim', 'read_body_piece', 'read_body_piece']);
+        expect(largeReplay.outcome.kind === 'completed' && largeReplay.outcome.response.body?.equals(largeBody)).toBe(true);
+
+        const inFlight = claimRequest(randomUUID());
+        await first.app.get(IdempotencyStore).claim(inFlight);
+        expect(await subject.claim(inFlight)).toEqual({ outcome: { kind: 'in_flight', fingerprint: inFlight.fingerprint }, statements: ['insert', 'claim'] });
+
+        const expired = claimRequest(randomUUID());
+        const expiredOwner = await recordCompleted(expired, Buffer.from('old'));
+        await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [expired.scope, expired.key]);
+        const takenOver = await subject.claim(expired);
+        expect(takenOver.statements).toEqual(['insert', 'claim', 'take_over']);
+        expect(takenOver.outcome).toMatchObject({ kind: 'claimed', owner: { fence: expiredOwner.fence + 1 } });
+
+        expect((await subject.claim(claimRequest(randomUUID()))).statements).toEqual(['insert']);
+      });
+
+      it('runs the handler exactly once for concurrent requests with one key while both instances insert first', async () => {
+        for (const app of [first, second]) {
+          for (let i = 0; i < 80 && claimOpening(app) !== 'insert'; i++) expect((await post(app, '/things', randomUUID(), { warm: true })).status).toBe(201);
+          expect(claimOpening(app)).toBe('insert');
+        }
+        await burstOverBothInstances();
+      });
     });
   });
 

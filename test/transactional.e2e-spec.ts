@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Controller, Post } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
 import { IdempotencyConfigurationError, Idempotent, IdempotencyTransaction } from '../src';
-import { PLATFORMS, bootFixture, readsFirst, type FixtureApp } from './support/fixture-app';
+import { PLATFORMS, bootFixture, claimOpening, type FixtureApp } from './support/fixture-app';
 import { authed, send } from './support/http-client';
 import { LEDGER_SCHEMA, LedgerController } from './support/ledger-controller';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
@@ -134,12 +134,27 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
     expect(await ledgerRows(note)).toBe(1);
   });
 
+  it('inserts first while keys are new here too: a burst on a fresh key commits one row, and its retry replays', async () => {
+    for (let i = 0; i < 80 && claimOpening(app) !== 'insert'; i++) expect((await post('/ledger', randomUUID(), { note: randomUUID() })).status).toBe(201);
+    expect(claimOpening(app)).toBe('insert');
+
+    const key = randomUUID();
+    const note = randomUUID();
+    const answers = await Promise.all(Array.from({ length: 20 }, () => post('/ledger', key, { note })));
+    expect(answers.every((answer) => answer.status === 201 || answer.json.error.code === 'idempotency_key_in_use')).toBe(true);
+    expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
+    expect(await ledgerRows(note)).toBe(1);
+    expect(claimOpening(app)).toBe('insert');
+    expect((await post('/ledger', key, { note })).headers['idempotency-replayed']).toBe('true');
+    expect(await ledgerRows(note)).toBe(1);
+  });
+
   it('reads first in a retry storm here too: replays write nothing, and a burst on a fresh key commits one row', async () => {
     const recorded = randomUUID();
     const warm = { note: randomUUID() };
     expect((await post('/ledger', recorded, warm)).status).toBe(201);
     for (let i = 0; i < 60; i++) expect((await post('/ledger', recorded, warm)).headers['idempotency-replayed']).toBe('true');
-    expect(readsFirst(app)).toBe(true);
+    expect(claimOpening(app)).toBe('look');
     expect(await ledgerRows(warm.note)).toBe(1);
 
     const key = randomUUID();

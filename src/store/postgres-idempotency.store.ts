@@ -10,7 +10,7 @@ import {
   type StoredResponse,
 } from './idempotency.store';
 import { PostgresStoreTransaction } from './postgres-store-transaction';
-import { RecordedKeyRate } from './recorded-key-rate';
+import { RecordedKeyRate, type ClaimOpening } from './recorded-key-rate';
 import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner';
 
 // A record may be taken over when its TTL is over (unless a live claim still holds it), or when
@@ -29,9 +29,26 @@ const BODY_PIECE_BYTES = 256 * 1024;
 const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 1000)::double precision AS expires_ms`;
 
 // What CLAIM and LOOK return for a record already there: as it is, and whether it may be taken over.
-const RECORD_COLUMNS = (row: string) => `false AS claimed, ${row}.fence, NULL::double precision AS expires_ms, ${row}.fingerprint,
-  ${row}.response_status, ${row}.response_headers, CASE WHEN octet_length(${row}.response_body) <= ${INLINE_BODY_BYTES} THEN ${row}.response_body END AS response_body,
+// LOOK returns nothing else (every column costs the client a little on every replay); CLAIM adds
+// `claimed` and `expires_ms` after them.
+const RECORD_COLUMNS = (row: string) => `${row}.fence, ${row}.fingerprint, ${row}.response_status, ${row}.response_headers,
+  CASE WHEN octet_length(${row}.response_body) <= ${INLINE_BODY_BYTES} THEN ${row}.response_body END AS response_body,
   octet_length(${row}.response_body) AS body_length, ${claimable(row, '$3')} AS claimable`;
+
+// The columns of a key just claimed, by INSERT or TAKE_OVER.
+const CLAIMED_COLUMNS = (row: string) => `true AS claimed, ${row}.fence, ${EXPIRES_MS(row)}`;
+
+/**
+ * A new record for the key, unless it has one. A fresh record's fencing token starts at a random
+ * value, not 1: should the row ever vanish while its owner still runs (purged after its TTL, lost
+ * with the database), the next record of the key still gets a token that owner does not hold.
+ */
+const INSERT_RECORD = `
+  INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
+  VALUES ($1::text, $2::varchar, $3::varchar, 1 + floor(random() * 1073741823)::integer,
+          now() + $4::double precision * interval '1 millisecond', now() + $5::double precision * interval '1 millisecond', now())
+  ON CONFLICT (api_key_id, idem_key) DO NOTHING
+  RETURNING ${CLAIMED_COLUMNS('k')}`;
 
 /**
  * The claim in one statement and one round trip: either the INSERT of a new record wins, or the
@@ -41,27 +58,24 @@ const RECORD_COLUMNS = (row: string) => `false AS claimed, ${row}.fence, NULL::d
  * gets no row at all (its snapshot predates the winner's row), so the caller asks again and then
  * sees the winner's claim. A key that has a record costs the INSERT only its look-up in the unique
  * index: nothing is written.
- *
- * A fresh record's fencing token starts at a random value, not 1: should the row ever vanish
- * while its owner still runs (purged after its TTL, lost with the database), the next record of
- * the key still gets a token that owner does not hold.
  */
 const CLAIM: PreparedStatement = {
-  name: 'idempotency_claim_v3',
+  name: 'idempotency_claim_v5',
   text: `
-    WITH claimed AS (
-      INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
-      VALUES ($1::text, $2::varchar, $3::varchar, 1 + floor(random() * 1073741823)::integer,
-              now() + $4::double precision * interval '1 millisecond', now() + $5::double precision * interval '1 millisecond', now())
-      ON CONFLICT (api_key_id, idem_key) DO NOTHING
-      RETURNING k.fence, ${EXPIRES_MS('k')}
-    )
-    SELECT true AS claimed, c.fence, c.expires_ms, NULL::varchar AS fingerprint, NULL::smallint AS response_status,
-           NULL::jsonb AS response_headers, NULL::bytea AS response_body, NULL::integer AS body_length, false AS claimable
+    WITH claimed AS (${INSERT_RECORD})
+    SELECT c.fence, NULL::varchar AS fingerprint, NULL::smallint AS response_status, NULL::jsonb AS response_headers,
+           NULL::bytea AS response_body, NULL::integer AS body_length, false AS claimable, c.claimed, c.expires_ms
     FROM claimed c
     UNION ALL
-    SELECT ${RECORD_COLUMNS('e')} FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
+    SELECT ${RECORD_COLUMNS('e')}, false, NULL FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
 };
+
+/**
+ * CLAIM's INSERT alone. CLAIM's look-up of the record costs every fresh key a second index scan
+ * and PostgreSQL the plan around it, so when nearly all keys are new (see RecordedKeyRate) this is
+ * tried first; a key it does not win then goes on to CLAIM.
+ */
+const INSERT: PreparedStatement = { name: 'idempotency_insert_v1', text: INSERT_RECORD };
 
 /**
  * CLAIM's look-up of the record alone. A statement that may write costs PostgreSQL noticeably
@@ -69,7 +83,7 @@ const CLAIM: PreparedStatement = {
  * recorded (see RecordedKeyRate) this is asked first; a key without a record then goes on to CLAIM.
  */
 const LOOK: PreparedStatement = {
-  name: 'idempotency_look_v1',
+  name: 'idempotency_look_v2',
   text: `SELECT ${RECORD_COLUMNS('e')} FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
 };
 
@@ -96,7 +110,7 @@ const TAKE_OVER: PreparedStatement = {
       expires_at = now() + $5::double precision * interval '1 millisecond', created_at = now(), completed_at = NULL,
       response_status = NULL, response_headers = NULL, response_body = NULL
     WHERE k.api_key_id = $1 AND k.idem_key = $2 AND k.fence = $6 AND ${claimable('k', '$3')}
-    RETURNING true AS claimed, k.fence, ${EXPIRES_MS('k')}`,
+    RETURNING ${CLAIMED_COLUMNS('k')}`,
 };
 
 const OWNED = `api_key_id = $1 AND idem_key = $2 AND fence = $3 AND response_status IS NULL`;
@@ -157,9 +171,10 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   private async settle(request: ClaimRequest, run: SqlRunner): Promise<ClaimOutcome> {
     const values = [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
     for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
-      // Only a record LOOK finds and that may not be taken over settles the request without
-      // CLAIM: the key is never taken on the strength of a read.
-      let row = attempt === 0 && this.recordedKeys.usual ? await this.look(values, run) : undefined;
+      // The first attempt may open with a cheaper statement. A record LOOK finds and that may not
+      // be taken over settles the request (the key is never taken on the strength of a read), as
+      // does a record INSERT creates; anything else goes on to CLAIM.
+      let row = attempt === 0 ? await this.open(this.recordedKeys.opening, values, run) : undefined;
       row ??= await this.takeOrFind(values, run);
       // No row: another claim won a race for the key; ask again to see what it left.
       if (!row) continue;
@@ -180,8 +195,10 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return { kind: 'in_flight', fingerprint: null };
   }
 
-  /** The record of the key when there is one that may not be taken over. */
-  private async look(values: unknown[], run: SqlRunner): Promise<QueryResultRow | undefined> {
+  /** What the opening statement settles: a record that may not be taken over (LOOK), a new record (INSERT). */
+  private async open(opening: ClaimOpening, values: unknown[], run: SqlRunner): Promise<QueryResultRow | undefined> {
+    if (opening === 'insert') return (await run(INSERT, values)).rows[0];
+    if (opening === 'claim') return undefined;
     const [row] = (await run(LOOK, values.slice(0, 3))).rows;
     return row?.claimable ? undefined : row;
   }

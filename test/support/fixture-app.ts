@@ -38,7 +38,7 @@ import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { DataSource } from 'typeorm';
 import { CreateIdempotencyKeys1764288000000, Idempotent, IdempotencyModule, IdempotencyStore, type IdempotencyModuleOptions } from '../../src';
-import type { RecordedKeyRate } from '../../src/store/recorded-key-rate';
+import type { ClaimOpening, RecordedKeyRate } from '../../src/store/recorded-key-rate';
 
 /** Counts handler executions and lets a test hold a handler until it says go. */
 @Injectable()
@@ -325,9 +325,9 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
   };
 }
 
-/** Whether the app's store reads records before it claims (see RecordedKeyRate). */
-export function readsFirst(fixture: FixtureApp): boolean {
-  return (fixture.app.get(IdempotencyStore) as unknown as { recordedKeys: RecordedKeyRate }).recordedKeys.usual;
+/** The statement the app's store opens its next claim with (see RecordedKeyRate). */
+export function claimOpening(fixture: FixtureApp): ClaimOpening {
+  return (fixture.app.get(IdempotencyStore) as unknown as { recordedKeys: RecordedKeyRate }).recordedKeys.opening;
 }
 
 /** Boots the general fixture app (things, plain, whole) with module options. */
