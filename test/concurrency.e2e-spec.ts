@@ -266,6 +266,39 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
       expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
     };
 
+    // Every kind of record comes out of `subject` as the claim gives it: a recorded key through the
+    // statements `settle`, an expired record (found, then taken only by a claim) through `takeOver`.
+    const expectRecordsAnsweredAsClaimed = async (subject: ReturnType<typeof freshStore>, settle: string[], takeOver: string[]) => {
+      const completed = claimRequest(randomUUID());
+      await recordCompleted(completed, Buffer.from('stored answer'));
+      const replay = await subject.claim(completed);
+      expect(replay.statements).toEqual(settle);
+      if (replay.outcome.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.outcome.kind}`);
+      expect(replay.outcome.response.body?.toString()).toBe('stored answer');
+      expect(replay.outcome.fingerprint).toBe(completed.fingerprint);
+
+      const other = await subject.claim({ ...completed, fingerprint: 'e'.repeat(64) });
+      expect(other.outcome).toMatchObject({ kind: 'completed', fingerprint: completed.fingerprint });
+
+      const large = claimRequest(randomUUID());
+      const largeBody = Buffer.alloc(300 * 1024, 'z');
+      await recordCompleted(large, largeBody);
+      const largeReplay = await subject.claim(large);
+      expect(largeReplay.statements).toEqual([...settle, 'read_body_piece', 'read_body_piece']);
+      expect(largeReplay.outcome.kind === 'completed' && largeReplay.outcome.response.body?.equals(largeBody)).toBe(true);
+
+      const inFlight = claimRequest(randomUUID());
+      await first.app.get(IdempotencyStore).claim(inFlight);
+      expect(await subject.claim(inFlight)).toEqual({ outcome: { kind: 'in_flight', fingerprint: inFlight.fingerprint }, statements: settle });
+
+      const expired = claimRequest(randomUUID());
+      const expiredOwner = await recordCompleted(expired, Buffer.from('old'));
+      await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [expired.scope, expired.key]);
+      const takenOver = await subject.claim(expired);
+      expect(takenOver.statements).toEqual(takeOver);
+      expect(takenOver.outcome).toMatchObject({ kind: 'claimed', owner: { fence: expiredOwner.fence + 1 } });
+    };
+
     describe('when most keys come back recorded (a retry storm), a claim reads the record first', () => {
       const turnToReadingFirst = async (subject: ReturnType<typeof freshStore>) => {
         const request = claimRequest(randomUUID());
@@ -278,36 +311,9 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
         const subject = freshStore();
         await turnToReadingFirst(subject);
 
-        const completed = claimRequest(randomUUID());
-        await recordCompleted(completed, Buffer.from('stored answer'));
-        const replay = await subject.claim(completed);
-        expect(replay.statements).toEqual(['look']);
-        if (replay.outcome.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.outcome.kind}`);
-        expect(replay.outcome.response.body?.toString()).toBe('stored answer');
-        expect(replay.outcome.fingerprint).toBe(completed.fingerprint);
+        await expectRecordsAnsweredAsClaimed(subject, ['look'], ['look', 'claim', 'take_over']);
 
-        const other = await subject.claim({ ...completed, fingerprint: 'e'.repeat(64) });
-        expect(other.outcome).toMatchObject({ kind: 'completed', fingerprint: completed.fingerprint });
-
-        const large = claimRequest(randomUUID());
-        const largeBody = Buffer.alloc(300 * 1024, 'z');
-        await recordCompleted(large, largeBody);
-        const largeReplay = await subject.claim(large);
-        expect(largeReplay.statements).toEqual(['look', 'read_body_piece', 'read_body_piece']);
-        expect(largeReplay.outcome.kind === 'completed' && largeReplay.outcome.response.body?.equals(largeBody)).toBe(true);
-
-        const inFlight = claimRequest(randomUUID());
-        await first.app.get(IdempotencyStore).claim(inFlight);
-        expect((await subject.claim(inFlight)).outcome).toEqual({ kind: 'in_flight', fingerprint: inFlight.fingerprint });
-
-        // An expired record and an abandoned claim are found by the read, and taken only by the claim.
-        const expired = claimRequest(randomUUID());
-        const expiredOwner = await recordCompleted(expired, Buffer.from('old'));
-        await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [expired.scope, expired.key]);
-        const takenOver = await subject.claim(expired);
-        expect(takenOver.statements).toEqual(['look', 'claim', 'take_over']);
-        expect(takenOver.outcome).toMatchObject({ kind: 'claimed', owner: { fence: expiredOwner.fence + 1 } });
-
+        // An abandoned claim is found by the read too, and taken only by the claim.
         const abandoned = claimRequest(randomUUID());
         await first.app.get(IdempotencyStore).claim(abandoned);
         await first.dataSource.query(`UPDATE idempotency_keys SET lease_expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [abandoned.scope, abandoned.key]);
@@ -351,32 +357,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
         expect(fresh.statements).toEqual(['insert']);
         expect(fresh.outcome.kind).toBe('claimed');
 
-        const completed = claimRequest(randomUUID());
-        await recordCompleted(completed, Buffer.from('stored answer'));
-        const replay = await subject.claim(completed);
-        expect(replay.statements).toEqual(['insert', 'claim']);
-        expect(replay.outcome.kind === 'completed' && replay.outcome.response.body?.toString()).toBe('stored answer');
-        const other = await subject.claim({ ...completed, fingerprint: 'e'.repeat(64) });
-        expect(other.outcome).toMatchObject({ kind: 'completed', fingerprint: completed.fingerprint });
-
-        const large = claimRequest(randomUUID());
-        const largeBody = Buffer.alloc(300 * 1024, 'z');
-        await recordCompleted(large, largeBody);
-        const largeReplay = await subject.claim(large);
-        expect(largeReplay.statements).toEqual(['insert', 'claim', 'read_body_piece', 'read_body_piece']);
-        expect(largeReplay.outcome.kind === 'completed' && largeReplay.outcome.response.body?.equals(largeBody)).toBe(true);
-
-        const inFlight = claimRequest(randomUUID());
-        await first.app.get(IdempotencyStore).claim(inFlight);
-        expect(await subject.claim(inFlight)).toEqual({ outcome: { kind: 'in_flight', fingerprint: inFlight.fingerprint }, statements: ['insert', 'claim'] });
-
-        const expired = claimRequest(randomUUID());
-        const expiredOwner = await recordCompleted(expired, Buffer.from('old'));
-        await first.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [expired.scope, expired.key]);
-        const takenOver = await subject.claim(expired);
-        expect(takenOver.statements).toEqual(['insert', 'claim', 'take_over']);
-        expect(takenOver.outcome).toMatchObject({ kind: 'claimed', owner: { fence: expiredOwner.fence + 1 } });
-
+        await expectRecordsAnsweredAsClaimed(subject, ['insert', 'claim'], ['insert', 'claim', 'take_over']);
         expect((await subject.claim(claimRequest(randomUUID()))).statements).toEqual(['insert']);
       });
 

@@ -134,16 +134,22 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
     expect(await ledgerRows(note)).toBe(1);
   });
 
-  it('inserts first while keys are new here too: a burst on a fresh key commits one row, and its retry replays', async () => {
-    for (let i = 0; i < 80 && claimOpening(app) !== 'insert'; i++) expect((await post('/ledger', randomUUID(), { note: randomUUID() })).status).toBe(201);
-    expect(claimOpening(app)).toBe('insert');
-
+  // 20 requests at once with one new key: one ledger row, one answer. Returns the key and its note.
+  const burstCommitsOneRow = async () => {
     const key = randomUUID();
     const note = randomUUID();
     const answers = await Promise.all(Array.from({ length: 20 }, () => post('/ledger', key, { note })));
     expect(answers.every((answer) => answer.status === 201 || answer.json.error.code === 'idempotency_key_in_use')).toBe(true);
     expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
     expect(await ledgerRows(note)).toBe(1);
+    return { key, note };
+  };
+
+  it('inserts first while keys are new here too: a burst on a fresh key commits one row, and its retry replays', async () => {
+    for (let i = 0; i < 80 && claimOpening(app) !== 'insert'; i++) expect((await post('/ledger', randomUUID(), { note: randomUUID() })).status).toBe(201);
+    expect(claimOpening(app)).toBe('insert');
+
+    const { key, note } = await burstCommitsOneRow();
     expect(claimOpening(app)).toBe('insert');
     expect((await post('/ledger', key, { note })).headers['idempotency-replayed']).toBe('true');
     expect(await ledgerRows(note)).toBe(1);
@@ -157,12 +163,7 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
     expect(claimOpening(app)).toBe('look');
     expect(await ledgerRows(warm.note)).toBe(1);
 
-    const key = randomUUID();
-    const note = randomUUID();
-    const answers = await Promise.all(Array.from({ length: 20 }, () => post('/ledger', key, { note })));
-    expect(answers.every((answer) => answer.status === 201 || answer.json.error.code === 'idempotency_key_in_use')).toBe(true);
-    expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
-    expect(await ledgerRows(note)).toBe(1);
+    const { key, note } = await burstCommitsOneRow();
     expect((await post('/ledger', key, { note })).headers['idempotency-replayed']).toBe('true');
   });
 
