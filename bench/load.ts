@@ -27,7 +27,12 @@ export interface LoadResult {
   errors: number;
   timeouts: number;
   seconds: number;
+  /** Every response's latency in ms. */
+  latencies: Float64Array;
 }
+
+/** What runs add up to: everything but the figures derived from it. */
+type LoadCounts = Pick<LoadResult, 'latencies' | 'seconds' | 'statusCodes' | 'non2xx' | 'errors' | 'timeouts'>;
 
 /**
  * Sends the benchmark request (POST, JSON body, Bearer token, a key from `nextKey`) with
@@ -74,18 +79,43 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     if (statusCode < 200 || statusCode > 299) non2xx++;
   });
   const result = await done;
-  const seconds = options.amount !== undefined ? Number(process.hrtime.bigint() - started) / 1e9 : result.duration;
-  const sorted = latencies.subarray(0, count).sort();
-  const percentile = (p: number) => (count === 0 ? NaN : sorted[Math.min(count - 1, Math.floor((p / 100) * count))]);
+  return combineLoads([
+    {
+      latencies: latencies.subarray(0, count),
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      statusCodes,
+      non2xx,
+      errors: result.errors,
+      timeouts: result.timeouts,
+    },
+  ]);
+}
+
+/** Several runs against the same route as one run: responses, seconds and latencies added up. */
+export function combineLoads(runs: LoadCounts[]): LoadResult {
+  const count = runs.reduce((total, run) => total + run.latencies.length, 0);
+  const latencies = new Float64Array(count);
+  const statusCodes: Record<string, number> = {};
+  let offset = 0;
+  for (const run of runs) {
+    latencies.set(run.latencies, offset);
+    offset += run.latencies.length;
+    for (const [code, n] of Object.entries(run.statusCodes)) statusCodes[code] = (statusCodes[code] ?? 0) + n;
+  }
+  latencies.sort();
+  const sum = (field: 'seconds' | 'non2xx' | 'errors' | 'timeouts') => runs.reduce((total, run) => total + run[field], 0);
+  const seconds = sum('seconds');
+  const percentile = (p: number) => (count === 0 ? NaN : latencies[Math.min(count - 1, Math.floor((p / 100) * count))]);
   return {
     responses: count,
     rps: count / seconds,
     p50: percentile(50),
     p99: percentile(99),
-    non2xx,
+    non2xx: sum('non2xx'),
     statusCodes,
-    errors: result.errors,
-    timeouts: result.timeouts,
+    errors: sum('errors'),
+    timeouts: sum('timeouts'),
     seconds,
+    latencies,
   };
 }

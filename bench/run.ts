@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { NAIVE_TABLE, ROUTES, SEEDED_KEY_PREFIX, SEEDED_RECORDS, type Platform } from './common';
 import { createSchema, seedCompletedRecords, startBenchDatabase, type BenchDatabase } from './database';
-import { runLoad, type LoadResult } from './load';
+import { combineLoads, runLoad, type LoadResult } from './load';
 import { ServerProcess, formatMb, machineBusyMs, ownCpuMs, postgresCpuMs } from './processes';
 
 type AppKind = 'plain' | 'module';
@@ -48,6 +48,8 @@ const WARMUP = Number(env('BENCH_WARMUP', '3'));
 const CONNECTIONS = env('BENCH_CONNECTIONS', '1,8,32').split(',').map(Number);
 const PLATFORMS = env('BENCH_PLATFORMS', 'express,fastify').split(',') as Platform[];
 const ROUNDS = Number(env('BENCH_ROUNDS', '3'));
+/** Seconds per slice of a pair's alternating runs; BENCH_SLICE=10 measures each cell in one piece. */
+const SLICE = Number(env('BENCH_SLICE', '1'));
 const RATIO_CONNECTIONS = 8;
 /** A cell during which other processes kept more than this many cores busy is measured again. */
 const MAX_FOREIGN_CORES = Number(env('BENCH_MAX_FOREIGN', '0.25'));
@@ -74,73 +76,104 @@ let keyCounter = 0;
 const freshKey = () => `bench-${runId}-${++keyCounter}`;
 const seededKey = () => `${SEEDED_KEY_PREFIX}${1 + Math.floor(Math.random() * SEEDED_RECORDS)}`;
 
-async function measureOnce(
+/** What one scenario of a pair adds up over its slices. */
+interface Tally {
+  loads: LoadResult[];
+  appMs: number;
+  pgMs: number;
+  foreignMs: number;
+  elapsedMs: number;
+}
+
+/**
+ * Measures two scenarios in alternating slices (A B B A A B …), DURATION seconds each in all, so
+ * that both see the same machine: its speed drifts by far more over a 10 s cell than the margins
+ * the targets are about.
+ */
+async function measurePairOnce(
   database: BenchDatabase,
   apps: Record<AppKind, ServerProcess>,
   platform: Platform,
-  scenario: Scenario,
+  pair: [Scenario, Scenario],
   connections: number,
   round: number,
-): Promise<Cell> {
-  const app = apps[scenario.app];
-  const nextKey = scenario.keys === 'fresh' ? freshKey : seededKey;
+): Promise<Cell[]> {
+  const keys = (scenario: Scenario) => (scenario.keys === 'fresh' ? freshKey : seededKey);
   const settle = () => new Promise((resolve) => setTimeout(resolve, 200));
-  // Start every cell from the same place: no vacuum or checkpoint owed from the previous cell, so
-  // autovacuum does not bill the garbage of one cell to the next (either table may be its target).
+  // Start every pair from the same place: no vacuum or checkpoint owed from the previous pair, so
+  // autovacuum does not bill the garbage of one pair to the next (either table may be its target).
   await database.query(`VACUUM idempotency_keys, ${NAIVE_TABLE}`);
   await database.query('CHECKPOINT');
-  if (WARMUP > 0) await runLoad({ url: app.url, path: scenario.path, connections, duration: WARMUP, nextKey });
+  for (const scenario of pair) {
+    if (WARMUP > 0) await runLoad({ url: apps[scenario.app].url, path: scenario.path, connections, duration: WARMUP, nextKey: keys(scenario) });
+  }
   // Let requests cut off at the end of a run finish before counting handler calls.
   await settle();
-  const before = await app.stats();
-  const cpu = () => ({
-    app: app.cpuMs(),
-    pg: postgresCpuMs(database.dataDir),
-    ours: ownCpuMs() + apps.plain.cpuMs() + apps.module.cpuMs(),
-    machine: machineBusyMs(),
-  });
-  const start = cpu();
-  const startedAt = Date.now();
-  const load = await runLoad({ url: app.url, path: scenario.path, connections, duration: DURATION, nextKey });
-  const end = cpu();
-  const elapsedMs = Date.now() - startedAt;
-  await settle();
-  const after = await app.stats();
-  const handlerCalls = (after.calls[scenario.handler] ?? 0) - (before.calls[scenario.handler] ?? 0);
-  const foreignMs = end.machine - start.machine - (end.ours - start.ours) - (end.pg - start.pg);
-
-  const problems: string[] = [];
-  if (load.non2xx > 0) problems.push(`${load.non2xx} non-2xx responses ${JSON.stringify(load.statusCodes)}`);
-  if (load.errors > 0) problems.push(`${load.errors} connection errors`);
-  if (load.timeouts > 0) problems.push(`${load.timeouts} timeouts`);
-  if (scenario.keys === 'seeded' && handlerCalls !== 0) problems.push(`handler ran ${handlerCalls} times on replays`);
-  // A request cut off at the end of the run may have run the handler without its response being counted.
-  if (scenario.keys === 'fresh' && (handlerCalls < load.responses || handlerCalls > load.responses + connections)) {
-    problems.push(`handler ran ${handlerCalls} times for ${load.responses} responses`);
+  const before = await Promise.all(pair.map((scenario) => apps[scenario.app].stats()));
+  const tallies: Tally[] = pair.map(() => ({ loads: [], appMs: 0, pgMs: 0, foreignMs: 0, elapsedMs: 0 }));
+  const slices = Math.max(1, Math.round(DURATION / SLICE));
+  for (let slice = 0; slice < slices; slice++) {
+    for (const index of slice % 2 === 0 ? [0, 1] : [1, 0]) {
+      const scenario = pair[index];
+      const app = apps[scenario.app];
+      const tally = tallies[index];
+      const cpu = () => ({
+        app: app.cpuMs(),
+        pg: postgresCpuMs(database.dataDir),
+        ours: ownCpuMs() + apps.plain.cpuMs() + apps.module.cpuMs(),
+        machine: machineBusyMs(),
+        at: Date.now(),
+      });
+      const start = cpu();
+      tally.loads.push(await runLoad({ url: app.url, path: scenario.path, connections, duration: DURATION / slices, nextKey: keys(scenario) }));
+      const end = cpu();
+      tally.appMs += end.app - start.app;
+      tally.pgMs += end.pg - start.pg;
+      tally.foreignMs += end.machine - start.machine - (end.ours - start.ours) - (end.pg - start.pg);
+      tally.elapsedMs += end.at - start.at;
+    }
   }
-  return {
-    platform,
-    scenario,
-    connections,
-    round,
-    load,
-    rss: app.rss(),
-    appCpuPerRequest: ((end.app - start.app) * 1000) / load.responses,
-    pgCpuPerRequest: ((end.pg - start.pg) * 1000) / load.responses,
-    foreignCores: Math.max(0, foreignMs / elapsedMs),
-    attempts: 1,
-    handlerCalls,
-    problems,
-  };
+  await settle();
+  const after = await Promise.all(pair.map((scenario) => apps[scenario.app].stats()));
+
+  return pair.map((scenario, index) => {
+    const tally = tallies[index];
+    const load = combineLoads(tally.loads);
+    const handlerCalls = (after[index].calls[scenario.handler] ?? 0) - (before[index].calls[scenario.handler] ?? 0);
+    const problems: string[] = [];
+    if (load.non2xx > 0) problems.push(`${load.non2xx} non-2xx responses ${JSON.stringify(load.statusCodes)}`);
+    if (load.errors > 0) problems.push(`${load.errors} connection errors`);
+    if (load.timeouts > 0) problems.push(`${load.timeouts} timeouts`);
+    if (scenario.keys === 'seeded' && handlerCalls !== 0) problems.push(`handler ran ${handlerCalls} times on replays`);
+    // A request cut off at the end of a slice may have run the handler without its response being counted.
+    if (scenario.keys === 'fresh' && (handlerCalls < load.responses || handlerCalls > load.responses + connections * slices)) {
+      problems.push(`handler ran ${handlerCalls} times for ${load.responses} responses`);
+    }
+    return {
+      platform,
+      scenario,
+      connections,
+      round,
+      load,
+      rss: apps[scenario.app].rss(),
+      appCpuPerRequest: (tally.appMs * 1000) / load.responses,
+      pgCpuPerRequest: (tally.pgMs * 1000) / load.responses,
+      foreignCores: Math.max(0, tally.foreignMs / tally.elapsedMs),
+      attempts: 1,
+      handlerCalls,
+      problems,
+    };
+  });
 }
 
-/** Measures a cell; if other processes loaded the machine meanwhile, measures again and keeps the cleanest. */
-async function measure(...args: Parameters<typeof measureOnce>): Promise<Cell> {
-  let best = await measureOnce(...args);
-  for (let attempt = 2; attempt <= 1 + RETRIES && best.foreignCores > MAX_FOREIGN_CORES; attempt++) {
-    const again = await measureOnce(...args);
-    if (again.foreignCores < best.foreignCores) best = again;
-    best.attempts = attempt;
+/** Measures a pair; if other processes loaded the machine meanwhile, measures again and keeps the cleanest. */
+async function measurePair(...args: Parameters<typeof measurePairOnce>): Promise<Cell[]> {
+  const load = (cells: Cell[]) => Math.max(...cells.map((cell) => cell.foreignCores));
+  let best = await measurePairOnce(...args);
+  for (let attempt = 2; attempt <= 1 + RETRIES && load(best) > MAX_FOREIGN_CORES; attempt++) {
+    const again = await measurePairOnce(...args);
+    if (load(again) < load(best)) best = again;
+    for (const cell of best) cell.attempts = attempt;
   }
   return best;
 }
@@ -176,27 +209,29 @@ async function main(): Promise<void> {
     log(`seeded ${SEEDED_RECORDS} completed records into each table`);
 
     for (const platform of PLATFORMS) {
-      apps = {
-        plain: await ServerProcess.start({ platform, withModule: false, databaseUrl: database.url }),
-        module: await ServerProcess.start({ platform, withModule: true, databaseUrl: database.url }),
-      };
       for (let round = 1; round <= ROUNDS; round++) {
+        // New processes for every round: how fast a process turns out (its JIT's choices, where its
+        // memory lies) holds for its whole life, so rounds in the same processes would share it.
+        apps = {
+          plain: await ServerProcess.start({ platform, withModule: false, databaseUrl: database.url }),
+          module: await ServerProcess.start({ platform, withModule: true, databaseUrl: database.url }),
+        };
         // Round 1 covers every connection count; later rounds repeat the cells of the ratios.
         const connectionCounts = round === 1 ? CONNECTIONS : [RATIO_CONNECTIONS];
         for (const connections of connectionCounts) {
-          // Each module scenario right next to its baseline; the order within a pair alternates by round.
-          const order = RATIOS.flatMap(([, module, baseline]) => (round % 2 === 1 ? [baseline, module] : [module, baseline]));
-          for (const name of order) {
-            const scenario = SCENARIOS[name];
-            const cell = await measure(database, apps, platform, scenario, connections, round);
-            cells.push(cell);
-            log(`round ${round} ${row(cell)}${cell.problems.length ? ` PROBLEMS: ${cell.problems.join('; ')}` : ''}`);
+          // Each module scenario measured together with its baseline; which one starts alternates by round.
+          for (const [, module, baseline] of RATIOS) {
+            const pair: [Scenario, Scenario] = round % 2 === 1 ? [SCENARIOS[baseline], SCENARIOS[module]] : [SCENARIOS[module], SCENARIOS[baseline]];
+            for (const cell of await measurePair(database, apps, platform, pair, connections, round)) {
+              cells.push(cell);
+              log(`round ${round} ${row(cell)}${cell.problems.length ? ` PROBLEMS: ${cell.problems.join('; ')}` : ''}`);
+            }
           }
         }
+        await apps.plain.stop();
+        await apps.module.stop();
+        apps = undefined;
       }
-      await apps.plain.stop();
-      await apps.module.stop();
-      apps = undefined;
     }
   } finally {
     if (apps) await Promise.all([apps.plain.stop(), apps.module.stop()]);
@@ -206,7 +241,7 @@ async function main(): Promise<void> {
   const out: string[] = [];
   out.push(
     `PostgreSQL: embedded, ${database.durable ? 'persistent: true (fsync on, synchronous_commit on)' : 'persistent: false (fsync off)'}; ` +
-      `${DURATION} s per cell after ${WARMUP} s warm-up; pools of 10 (module DataSource and baseline pg Pool); ${SEEDED_RECORDS} seeded records per table.`,
+      `${DURATION} s per cell after ${WARMUP} s warm-up, in slices of ${DURATION / Math.max(1, Math.round(DURATION / SLICE))} s alternating with the other cell of its pair; pools of 10 (module DataSource and baseline pg Pool); ${SEEDED_RECORDS} seeded records per table.`,
   );
   out.push('');
   out.push(...HEADER);
