@@ -48,8 +48,8 @@ const WARMUP = Number(env('BENCH_WARMUP', '3'));
 const CONNECTIONS = env('BENCH_CONNECTIONS', '1,8,32').split(',').map(Number);
 const PLATFORMS = env('BENCH_PLATFORMS', 'express,fastify').split(',') as Platform[];
 const ROUNDS = Number(env('BENCH_ROUNDS', '3'));
-/** Seconds per slice of a pair's alternating runs; BENCH_SLICE=10 measures each cell in one piece. */
-const SLICE = Number(env('BENCH_SLICE', '1'));
+/** Slices of a pair's alternating runs, of about BENCH_SLICE seconds; BENCH_SLICE=10 measures each cell in one piece. */
+const SLICES = Math.max(1, Math.round(DURATION / Number(env('BENCH_SLICE', '1'))));
 const RATIO_CONNECTIONS = 8;
 /** A cell during which other processes kept more than this many cores busy is measured again. */
 const MAX_FOREIGN_CORES = Number(env('BENCH_MAX_FOREIGN', '0.25'));
@@ -111,8 +111,7 @@ async function measurePairOnce(
   await settle();
   const before = await Promise.all(pair.map((scenario) => apps[scenario.app].stats()));
   const tallies: Tally[] = pair.map(() => ({ loads: [], appMs: 0, pgMs: 0, foreignMs: 0, elapsedMs: 0 }));
-  const slices = Math.max(1, Math.round(DURATION / SLICE));
-  for (let slice = 0; slice < slices; slice++) {
+  for (let slice = 0; slice < SLICES; slice++) {
     for (const index of slice % 2 === 0 ? [0, 1] : [1, 0]) {
       const scenario = pair[index];
       const app = apps[scenario.app];
@@ -125,7 +124,7 @@ async function measurePairOnce(
         at: Date.now(),
       });
       const start = cpu();
-      tally.loads.push(await runLoad({ url: app.url, path: scenario.path, connections, duration: DURATION / slices, nextKey: keys(scenario) }));
+      tally.loads.push(await runLoad({ url: app.url, path: scenario.path, connections, duration: DURATION / SLICES, nextKey: keys(scenario) }));
       const end = cpu();
       tally.appMs += end.app - start.app;
       tally.pgMs += end.pg - start.pg;
@@ -146,7 +145,7 @@ async function measurePairOnce(
     if (load.timeouts > 0) problems.push(`${load.timeouts} timeouts`);
     if (scenario.keys === 'seeded' && handlerCalls !== 0) problems.push(`handler ran ${handlerCalls} times on replays`);
     // A request cut off at the end of a slice may have run the handler without its response being counted.
-    if (scenario.keys === 'fresh' && (handlerCalls < load.responses || handlerCalls > load.responses + connections * slices)) {
+    if (scenario.keys === 'fresh' && (handlerCalls < load.responses || handlerCalls > load.responses + connections * SLICES)) {
       problems.push(`handler ran ${handlerCalls} times for ${load.responses} responses`);
     }
     return {
@@ -168,11 +167,11 @@ async function measurePairOnce(
 
 /** Measures a pair; if other processes loaded the machine meanwhile, measures again and keeps the cleanest. */
 async function measurePair(...args: Parameters<typeof measurePairOnce>): Promise<Cell[]> {
-  const load = (cells: Cell[]) => Math.max(...cells.map((cell) => cell.foreignCores));
+  const foreign = (cells: Cell[]) => Math.max(...cells.map((cell) => cell.foreignCores));
   let best = await measurePairOnce(...args);
-  for (let attempt = 2; attempt <= 1 + RETRIES && load(best) > MAX_FOREIGN_CORES; attempt++) {
+  for (let attempt = 2; attempt <= 1 + RETRIES && foreign(best) > MAX_FOREIGN_CORES; attempt++) {
     const again = await measurePairOnce(...args);
-    if (load(again) < load(best)) best = again;
+    if (foreign(again) < foreign(best)) best = again;
     for (const cell of best) cell.attempts = attempt;
   }
   return best;
@@ -241,7 +240,7 @@ async function main(): Promise<void> {
   const out: string[] = [];
   out.push(
     `PostgreSQL: embedded, ${database.durable ? 'persistent: true (fsync on, synchronous_commit on)' : 'persistent: false (fsync off)'}; ` +
-      `${DURATION} s per cell after ${WARMUP} s warm-up, in slices of ${DURATION / Math.max(1, Math.round(DURATION / SLICE))} s alternating with the other cell of its pair; pools of 10 (module DataSource and baseline pg Pool); ${SEEDED_RECORDS} seeded records per table.`,
+      `${DURATION} s per cell after ${WARMUP} s warm-up, in slices of ${DURATION / SLICES} s alternating with the other cell of its pair; pools of 10 (module DataSource and baseline pg Pool); ${SEEDED_RECORDS} seeded records per table.`,
   );
   out.push('');
   out.push(...HEADER);
