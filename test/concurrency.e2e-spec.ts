@@ -266,13 +266,18 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
       expect(new Set(answers.filter((answer) => answer.status === 201).map((answer) => answer.body.toString('hex'))).size).toBe(1);
     };
 
-    // Every kind of record comes out of `subject` as the claim gives it: a recorded key through the
-    // statements `settle`, an expired record (found, then taken only by a claim) through `takeOver`.
-    const expectRecordsAnsweredAsClaimed = async (subject: ReturnType<typeof freshStore>, settle: string[], takeOver: string[]) => {
+    // Every kind of record comes out of `subject` as the claim gives it: a completed record with a
+    // short body through the statements `answer`, one with a long body and a key in flight through
+    // `settle`, an expired record (found, then taken only by a claim) through `takeOver`.
+    const expectRecordsAnsweredAsClaimed = async (
+      subject: ReturnType<typeof freshStore>,
+      statements: { answer: string[]; settle: string[]; takeOver: string[] },
+    ) => {
+      const { answer, settle, takeOver } = statements;
       const completed = claimRequest(randomUUID());
       await recordCompleted(completed, Buffer.from('stored answer'));
       const replay = await subject.claim(completed);
-      expect(replay.statements).toEqual(settle);
+      expect(replay.statements).toEqual(answer);
       if (replay.outcome.kind !== 'completed') throw new Error(`expected a completed record, got ${replay.outcome.kind}`);
       expect(replay.outcome.response.body?.toString()).toBe('stored answer');
       expect(replay.outcome.fingerprint).toBe(completed.fingerprint);
@@ -311,9 +316,9 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
         const subject = freshStore();
         await turnToReadingFirst(subject);
 
-        await expectRecordsAnsweredAsClaimed(subject, ['look'], ['look', 'claim', 'take_over']);
+        await expectRecordsAnsweredAsClaimed(subject, { answer: ['look'], settle: ['look', 'claim'], takeOver: ['look', 'claim', 'take_over'] });
 
-        // An abandoned claim is found by the read too, and taken only by the claim.
+        // An abandoned claim is not answered by the read either: it is taken only by the claim.
         const abandoned = claimRequest(randomUUID());
         await first.app.get(IdempotencyStore).claim(abandoned);
         await first.dataSource.query(`UPDATE idempotency_keys SET lease_expires_at = now() - interval '1 second' WHERE api_key_id = $1 AND idem_key = $2`, [abandoned.scope, abandoned.key]);
@@ -357,7 +362,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
         expect(fresh.statements).toEqual(['insert']);
         expect(fresh.outcome.kind).toBe('claimed');
 
-        await expectRecordsAnsweredAsClaimed(subject, ['insert', 'claim'], ['insert', 'claim', 'take_over']);
+        await expectRecordsAnsweredAsClaimed(subject, { answer: ['insert', 'claim'], settle: ['insert', 'claim'], takeOver: ['insert', 'claim', 'take_over'] });
         expect((await subject.claim(claimRequest(randomUUID()))).statements).toEqual(['insert']);
       });
 

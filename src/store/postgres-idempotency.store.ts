@@ -28,9 +28,7 @@ const BODY_PIECE_BYTES = 256 * 1024;
 // The expiry as epoch milliseconds: a number is cheaper to read than a timestamp's text.
 const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 1000)::double precision AS expires_ms`;
 
-// What CLAIM and LOOK return for a record already there: as it is, and whether it may be taken over.
-// LOOK returns nothing else (every column costs the client a little on every replay); CLAIM adds
-// `claimed` and `expires_ms` after them.
+// What CLAIM returns for a record already there: as it is, and whether it may be taken over.
 const RECORD_COLUMNS = (row: string) => `${row}.fence, ${row}.fingerprint, ${row}.response_status, ${row}.response_headers,
   CASE WHEN octet_length(${row}.response_body) <= ${INLINE_BODY_BYTES} THEN ${row}.response_body END AS response_body,
   octet_length(${row}.response_body) AS body_length, ${claimable(row, '$3')} AS claimable`;
@@ -78,13 +76,18 @@ const CLAIM: PreparedStatement = {
 const INSERT: PreparedStatement = { name: 'idempotency_insert_v1', text: INSERT_RECORD };
 
 /**
- * CLAIM's look-up of the record alone. A statement that may write costs PostgreSQL noticeably
- * more to start than a plain SELECT, even when it writes nothing, so when most keys come back
- * recorded (see RecordedKeyRate) this is asked first; a key without a record then goes on to CLAIM.
+ * The record, if it is one a replay (or a conflict) is answered from: completed, not expired, its
+ * body short enough to come along. A statement that may write costs PostgreSQL noticeably more to
+ * start than a plain SELECT, even when it writes nothing, so when most keys come back recorded (see
+ * RecordedKeyRate) this is asked first; any other key (none, in flight, expired, a body read in
+ * pieces) goes on to CLAIM. Only the columns of the answer: each costs a little on every replay.
  */
 const LOOK: PreparedStatement = {
-  name: 'idempotency_look_v2',
-  text: `SELECT ${RECORD_COLUMNS('e')} FROM idempotency_keys e WHERE e.api_key_id = $1 AND e.idem_key = $2`,
+  name: 'idempotency_look_v3',
+  text: `
+    SELECT fingerprint, response_status, response_headers, response_body FROM idempotency_keys
+    WHERE api_key_id = $1 AND idem_key = $2
+      AND response_status IS NOT NULL AND expires_at > now() AND octet_length(response_body) <= ${INLINE_BODY_BYTES}`,
 };
 
 /**
@@ -195,12 +198,11 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return { kind: 'in_flight', fingerprint: null };
   }
 
-  /** What the opening statement settles: a record that may not be taken over (LOOK), a new record (INSERT). */
+  /** What the opening statement settles: a record to answer from (LOOK), a new record (INSERT). */
   private async open(opening: ClaimOpening, values: unknown[], run: SqlRunner): Promise<QueryResultRow | undefined> {
     if (opening === 'insert') return (await run(INSERT, values)).rows[0];
-    if (opening === 'claim') return undefined;
-    const [row] = (await run(LOOK, values.slice(0, 3))).rows;
-    return row?.claimable ? undefined : row;
+    if (opening === 'look') return (await run(LOOK, values.slice(0, 2))).rows[0];
+    return undefined;
   }
 
   /** CLAIM, and the take-over of what it found claimable; undefined when a racing claim won. */
