@@ -1,4 +1,6 @@
 import { Inject, Injectable, Logger, type CallHandler, type ExecutionContext, type NestInterceptor } from '@nestjs/common';
+import { RESPONSE_PASSTHROUGH_METADATA, ROUTE_ARGS_METADATA } from '@nestjs/common/constants';
+import { RouteParamtypes } from '@nestjs/common/internal';
 import { Reflector } from '@nestjs/core';
 import { type Observable, of } from 'rxjs';
 import { toHttpExchange, type HttpExchange } from './capture/http-exchange';
@@ -18,6 +20,13 @@ import { IdempotencyStore, type ClaimOutcome, type ClaimRequest } from './store/
 import { isTransactionConflict } from './store/postgres-errors';
 import { TransactionalRun } from './transaction/transactional-run';
 
+/** What the interceptor needs to know of a route, looked up once per handler. */
+interface Route {
+  options: IdempotentRouteOptions;
+  /** The handler writes its answer itself (`@Res()` or `@Next()` without passthrough): Nest sends nothing after it. */
+  answersItself: boolean;
+}
+
 /**
  * The one decision point of the module: on a route marked `@Idempotent()` it checks the key, then
  * the scope, then claims the key, and either runs the handler (capturing its response for the
@@ -27,7 +36,7 @@ import { TransactionalRun } from './transaction/transactional-run';
 @Injectable()
 export class IdempotencyInterceptor implements NestInterceptor {
   private readonly logger = new Logger('Idempotency');
-  private readonly routes = new WeakMap<Function, IdempotentRouteOptions>();
+  private readonly routes = new WeakMap<Function, Route>();
   /** Headers never stored, and kept as the host set them on a replay. */
   private readonly unstored: ReadonlySet<string>;
 
@@ -46,15 +55,10 @@ export class IdempotencyInterceptor implements NestInterceptor {
     // Safe methods pass through synchronously, without a promise.
     const http = context.switchToHttp();
     if (!IDEMPOTENT_METHODS.has(http.getRequest().method)) return next.handle();
-    return this.interceptMarked(context, this.routeOptions(context), toHttpExchange(http.getRequest(), http.getResponse()), next);
+    return this.interceptMarked(context, this.route(context), toHttpExchange(http.getRequest(), http.getResponse()), next);
   }
 
-  private async interceptMarked(
-    context: ExecutionContext,
-    route: IdempotentRouteOptions,
-    exchange: HttpExchange,
-    next: CallHandler,
-  ): Promise<Observable<unknown>> {
+  private async interceptMarked(context: ExecutionContext, { options: route, answersItself }: Route, exchange: HttpExchange, next: CallHandler): Promise<Observable<unknown>> {
     const http = context.switchToHttp();
     const trace = new RequestTrace(context.getClass(), context.getHandler(), exchange.method);
 
@@ -64,7 +68,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     if (!route.transactional) {
       if (!claim) return next.handle();
       const outcome = await this.store.claim(claim).catch((error: unknown) => this.storeFailed(error, trace, exchange));
-      if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange);
+      if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
       this.claimed(outcome.expiresAt, trace, exchange);
       return this.leasedRun.run(run, outcome.owner, next);
     }
@@ -84,7 +88,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     }
     if (outcome.kind !== 'claimed') {
       await transaction.rollback();
-      return this.answerFromRecord(outcome, claim, trace, exchange);
+      return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
     }
     this.claimed(outcome.expiresAt, trace, exchange);
     return this.transactionalRun.run(run, http.getRequest(), transaction, outcome.owner, next);
@@ -121,6 +125,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     claim: ClaimRequest,
     trace: RequestTrace,
     exchange: HttpExchange,
+    answersItself: boolean,
   ): Observable<unknown> {
     if (outcome.fingerprint !== null && outcome.fingerprint !== claim.fingerprint) {
       publishEvent('conflict', trace, { status: this.options.conflictStatus });
@@ -134,6 +139,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
     if (body === null) throw this.errors.exception(IdempotencyErrorCode.ResponseNotStored, exchange);
     publishEvent('replayed', trace, { status: outcome.response.status });
     replayResponse(exchange.response, { ...outcome.response, body }, (name) => this.unstored.has(name), { [REPLAYED_HEADER]: 'true' });
+    // Nest sends nothing for a handler that answers itself, and that handler does not run.
+    if (answersItself) exchange.response.end();
     return of(undefined);
   }
 
@@ -145,14 +152,29 @@ export class IdempotencyInterceptor implements NestInterceptor {
     throw this.errors.exception(IdempotencyErrorCode.StoreUnavailable, exchange, { retryAfter: true });
   }
 
-  /** The route's options (a handler's over its controller's), looked up once per handler. */
-  private routeOptions(context: ExecutionContext): IdempotentRouteOptions {
+  /** The route's options (a handler's over its controller's) and how it answers, looked up once per handler. */
+  private route(context: ExecutionContext): Route {
     const handler = context.getHandler();
-    let options = this.routes.get(handler);
-    if (options === undefined) {
-      options = this.reflector.getAllAndOverride<IdempotentRouteOptions | undefined>(IDEMPOTENT_ROUTE_METADATA, [handler, context.getClass()]) ?? {};
-      this.routes.set(handler, options);
+    let route = this.routes.get(handler);
+    if (route === undefined) {
+      const controller = context.getClass();
+      route = {
+        options: this.reflector.getAllAndOverride<IdempotentRouteOptions | undefined>(IDEMPOTENT_ROUTE_METADATA, [handler, controller]) ?? {},
+        answersItself: answersItself(controller, handler),
+      };
+      this.routes.set(handler, route);
     }
-    return options;
+    return route;
   }
+}
+
+/** Whether Nest leaves the answer to the handler: it takes the response (`@Res()`) or `next` (`@Next()`), without passthrough. */
+function answersItself(controller: Function, handler: Function): boolean {
+  // Nest keeps parameter decorators per method name, keyed "<paramtype>:<index>".
+  const params: Record<string, unknown> = Reflect.getMetadata(ROUTE_ARGS_METADATA, controller, handler.name) ?? {};
+  const takesResponse = Object.keys(params).some((key) => {
+    const type = Number(key.split(':')[0]);
+    return type === RouteParamtypes.RESPONSE || type === RouteParamtypes.NEXT;
+  });
+  return takesResponse && Reflect.getMetadata(RESPONSE_PASSTHROUGH_METADATA, controller, handler.name) !== true;
 }

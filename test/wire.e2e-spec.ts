@@ -242,6 +242,19 @@ describe.each(PLATFORMS)('Idempotency-Key on the wire (%s)', (platform) => {
       expect(fixture.probe.count('redirect')).toBe(1);
     });
 
+    it('replays a route whose handler writes its answer itself (@Res())', async () => {
+      const key = randomUUID();
+      const before = fixture.probe.count('manual');
+      const first = await post('/things/manual', key);
+      const second = await post('/things/manual', key);
+      expect(first.status).toBe(201);
+      expect(second.status).toBe(201);
+      expect(second.headers['idempotency-replayed']).toBe('true');
+      expect(second.body.equals(first.body)).toBe(true);
+      expect(second.headers['content-type']).toBe(first.headers['content-type']);
+      expect(fixture.probe.count('manual')).toBe(before + 1);
+    });
+
     it('replays a body of several hundred kB byte for byte', async () => {
       const key = randomUUID();
       const first = await post('/things/bulky', key);

@@ -174,6 +174,13 @@ export class ThingsController {
     return { n: this.probe.hit('dated') };
   }
 
+  /** Writes its answer itself (`@Res()` without passthrough): Nest sends nothing after it. */
+  @Post('manual') @Idempotent()
+  manual(@Res() response: { status(code: number): { send(body: string): unknown } }) {
+    // Express and Fastify both offer status(code).send(body).
+    response.status(201).send(JSON.stringify({ n: this.probe.hit('manual'), id: randomUUID() }));
+  }
+
   @Post('redirect') @Idempotent() @Redirect('/things/elsewhere', 303)
   redirect() {
     this.probe.hit('redirect');

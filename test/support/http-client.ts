@@ -19,6 +19,9 @@ export interface WireRequest {
   body?: unknown;
 }
 
+/** Longest silence of the app on a request before `send` gives up: below Jest's test timeout. */
+const ANSWER_TIMEOUT_MS = 20_000;
+
 /** Sends one request with exactly the given header lines and returns the raw answer. */
 export function send(baseUrl: string, req: WireRequest): Promise<WireResponse> {
   const url = new URL(req.path, baseUrl);
@@ -56,6 +59,8 @@ export function send(baseUrl: string, req: WireRequest): Promise<WireResponse> {
       },
     );
     outgoing.on('error', reject);
+    // A request the app never answers fails its test (and lets the app close) instead of hanging it.
+    outgoing.setTimeout(ANSWER_TIMEOUT_MS, () => outgoing.destroy(new Error(`no answer to ${req.method ?? 'POST'} ${req.path} within ${ANSWER_TIMEOUT_MS} ms`)));
     outgoing.end(body);
   });
 }
