@@ -5,13 +5,15 @@ import {
   type ClaimOutcome,
   type ClaimRequest,
   type IsolationLevel,
+  type RecordId,
   type RecordOwner,
   type StoreTransaction,
   type StoredResponse,
 } from './idempotency.store';
-import { PostgresStoreTransaction } from './postgres-store-transaction';
+import { PostgresStoreTransaction, tryKeyLock } from './postgres-store-transaction';
 import { RecordedKeyRate, type ClaimOpening } from './recorded-key-rate';
 import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner';
+import { StatementBatcher } from './statement-batcher';
 
 // A record may be taken over when its TTL is over (unless a live claim still holds it), or when
 // it is in flight, its lease has run out (the owner crashed or released it) and the request is
@@ -76,6 +78,25 @@ const CLAIM: PreparedStatement = {
 const INSERT: PreparedStatement = { name: 'idempotency_insert_v1', text: INSERT_RECORD };
 
 /**
+ * INSERT for a batch of keys, all different ($1–$5: arrays of INSERT's values). A key whose
+ * transactional claim is not committed yet (its advisory lock is held) is left out, as the INSERT
+ * would wait for that transaction and hold up the whole batch; its request goes on to CLAIM alone.
+ * Rows go in key order, so two batches never wait on each other's keys in opposite orders.
+ */
+const INSERT_MANY: PreparedStatement = {
+  name: 'idempotency_insert_many_v1',
+  text: `
+    INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
+    SELECT v.scope, v.key, v.fingerprint, 1 + floor(random() * 1073741823)::integer,
+           now() + v.lease * interval '1 millisecond', now() + v.ttl * interval '1 millisecond', now()
+    FROM unnest($1::text[], $2::varchar[], $3::varchar[], $4::double precision[], $5::double precision[]) AS v(scope, key, fingerprint, lease, ttl)
+    WHERE ${tryKeyLock('v.scope', 'v.key')}
+    ORDER BY v.scope, v.key
+    ON CONFLICT (api_key_id, idem_key) DO NOTHING
+    RETURNING k.api_key_id, k.idem_key, ${CLAIMED_COLUMNS('k')}`,
+};
+
+/**
  * The record, if it is one a replay (or a conflict) is answered from: completed, not expired, its
  * body short enough to come along. A statement that may write costs PostgreSQL noticeably more to
  * start than a plain SELECT, even when it writes nothing, so when most keys come back recorded (see
@@ -130,6 +151,16 @@ const COMPLETE: PreparedStatement = {
          WHERE ${OWNED}`,
 };
 
+/** COMPLETE for a batch of records ($1–$6: arrays of COMPLETE's values); returns those it stored. */
+const COMPLETE_MANY: PreparedStatement = {
+  name: 'idempotency_complete_many_v1',
+  text: `UPDATE idempotency_keys AS k
+         SET response_status = v.status, response_headers = v.headers, response_body = v.body, completed_at = now(), lease_expires_at = NULL
+         FROM unnest($1::text[], $2::varchar[], $3::integer[], $4::smallint[], $5::jsonb[], $6::bytea[]) AS v(scope, key, fence, status, headers, body)
+         WHERE k.api_key_id = v.scope AND k.idem_key = v.key AND k.fence = v.fence AND k.response_status IS NULL
+         RETURNING k.api_key_id, k.idem_key, k.fence`,
+};
+
 // Releasing ends the record's life now instead of deleting it, so its fencing token survives and
 // the next claim bumps it: an old owner can never match the record of a later claim.
 const RELEASE: PreparedStatement = {
@@ -165,6 +196,17 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   private readonly recordedKeys = new RecordedKeyRate();
 
+  // Fresh keys on the pool share their INSERT and their COMPLETE with the others of their turn.
+  private readonly insertBatches = new StatementBatcher<ClaimRequest, QueryResultRow | undefined>(
+    (requests) => this.insertMany(requests),
+    async (request) => (await this.run(INSERT, claimValues(request))).rows[0],
+  );
+
+  private readonly completeBatches = new StatementBatcher<Completion, boolean>(
+    (completions) => this.completeMany(completions),
+    async ({ owner, response }) => (await this.run(COMPLETE, completeValues(owner, response))).rowCount === 1,
+  );
+
   async claim(request: ClaimRequest, run: SqlRunner = this.run): Promise<ClaimOutcome> {
     const outcome = await this.settle(request, run);
     this.recordedKeys.observe(outcome.kind !== 'claimed');
@@ -172,12 +214,12 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   private async settle(request: ClaimRequest, run: SqlRunner): Promise<ClaimOutcome> {
-    const values = [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
+    const values = claimValues(request);
     for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
       // The first attempt may open with a cheaper statement. A record LOOK finds and that may not
       // be taken over settles the request (the key is never taken on the strength of a read), as
       // does a record INSERT creates; anything else goes on to CLAIM.
-      let row = attempt === 0 ? await this.open(this.recordedKeys.opening, values, run) : undefined;
+      let row = attempt === 0 ? await this.open(this.recordedKeys.opening, request, run) : undefined;
       row ??= await this.takeOrFind(values, run);
       // No row: another claim won a race for the key; ask again to see what it left.
       if (!row) continue;
@@ -199,10 +241,19 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   /** What the opening statement settles: a record to answer from (LOOK), a new record (INSERT). */
-  private async open(opening: ClaimOpening, values: unknown[], run: SqlRunner): Promise<QueryResultRow | undefined> {
-    if (opening === 'insert') return (await run(INSERT, values)).rows[0];
-    if (opening === 'look') return (await run(LOOK, values.slice(0, 2))).rows[0];
+  private async open(opening: ClaimOpening, request: ClaimRequest, run: SqlRunner): Promise<QueryResultRow | undefined> {
+    if (opening === 'insert') return run === this.run ? this.insertBatches.send(request) : (await run(INSERT, claimValues(request))).rows[0];
+    if (opening === 'look') return (await run(LOOK, [request.scope, request.key])).rows[0];
     return undefined;
+  }
+
+  // Two requests of one key in a batch: the first tries the INSERT, the other goes on to CLAIM.
+  private async insertMany(requests: ClaimRequest[]): Promise<(QueryResultRow | undefined)[]> {
+    const ids = requests.map(recordId);
+    const isFirst = ids.map((id, index) => ids.indexOf(id) === index);
+    const { rows } = await this.run(INSERT_MANY, columns(requests.filter((_, index) => isFirst[index]).map(claimValues)));
+    const inserted = new Map(rows.map((row) => [recordId({ scope: row.api_key_id, key: row.idem_key }), row]));
+    return ids.map((id, index) => (isFirst[index] ? inserted.get(id) : undefined));
   }
 
   /** CLAIM, and the take-over of what it found claimable; undefined when a racing claim won. */
@@ -230,8 +281,15 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   async complete(owner: RecordOwner, response: StoredResponse, run: SqlRunner = this.run): Promise<boolean> {
-    const values = [...ownerValues(owner), response.status, response.headers, response.body];
-    return (await run(COMPLETE, values)).rowCount === 1;
+    // A large body goes alone: in a batch it would be sent as hex text.
+    if (run === this.run && (response.body?.length ?? 0) <= INLINE_BODY_BYTES) return this.completeBatches.send({ owner, response });
+    return (await run(COMPLETE, completeValues(owner, response))).rowCount === 1;
+  }
+
+  private async completeMany(completions: Completion[]): Promise<boolean[]> {
+    const { rows } = await this.run(COMPLETE_MANY, columns(completions.map(({ owner, response }) => completeValues(owner, response))));
+    const stored = new Set(rows.map((row) => `${row.fence}/${recordId({ scope: row.api_key_id, key: row.idem_key })}`));
+    return completions.map(({ owner }) => stored.has(`${owner.fence}/${recordId(owner)}`));
   }
 
   async release(owner: RecordOwner): Promise<boolean> {
@@ -273,6 +331,29 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 }
 
+interface Completion {
+  owner: RecordOwner;
+  response: StoredResponse;
+}
+
 function ownerValues(owner: RecordOwner): unknown[] {
   return [owner.scope, owner.key, owner.fence];
+}
+
+function claimValues(request: ClaimRequest): unknown[] {
+  return [request.scope, request.key, request.fingerprint, request.lease, request.ttl];
+}
+
+function completeValues(owner: RecordOwner, response: StoredResponse): unknown[] {
+  return [...ownerValues(owner), response.status, response.headers, response.body];
+}
+
+/** The values of several statements as one array per parameter, for `unnest`. */
+function columns(rows: unknown[][]): unknown[][] {
+  return rows[0].map((_, column) => rows.map((row) => row[column]));
+}
+
+// Length-prefixed, so ("a b", "c") and ("a", "b c") stay apart.
+function recordId(record: RecordId): string {
+  return `${record.scope.length}:${record.scope}${record.key}`;
 }

@@ -4,14 +4,16 @@ import type { ClaimOutcome, ClaimRequest, IsolationLevel, RecordOwner, StoreTran
 import type { PostgresIdempotencyStore } from './postgres-idempotency.store';
 import { sqlRunner, type SqlRunner } from './sql-runner';
 
-// A transaction-scoped advisory lock per scope + key. Every transactional claim of a key takes it
-// first and gives up at once when it is taken, so a duplicate never waits on the row lock of an
-// uncommitted twin while holding a pool connection (and a burst of duplicates cannot starve the
-// request they wait for). Length-prefixing keeps ("a b", "c") apart from ("a", "b c").
-const TRY_KEY_LOCK = {
-  name: 'idempotency_try_key_lock_v1',
-  text: `SELECT pg_try_advisory_xact_lock(hashtextextended(length($1)::text || ':' || $1 || $2, 7305219447)) AS locked`,
-};
+/**
+ * Takes the transaction-scoped advisory lock of a scope + key, or answers false at once when another
+ * transaction holds it. Every transactional claim of a key takes it first, so a duplicate never waits
+ * on the row lock of an uncommitted twin while holding a pool connection (and a burst of duplicates
+ * cannot starve the request they wait for). Length-prefixing keeps ("a b", "c") apart from ("a", "b c").
+ */
+export const tryKeyLock = (scope: string, key: string) =>
+  `pg_try_advisory_xact_lock(hashtextextended(length(${scope})::text || ':' || ${scope} || ${key}, 7305219447))`;
+
+const TRY_KEY_LOCK = { name: 'idempotency_try_key_lock_v1', text: `SELECT ${tryKeyLock('$1', '$2')} AS locked` };
 
 const SAVEPOINT = 'idempotency_handler';
 
