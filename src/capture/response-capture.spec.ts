@@ -1,43 +1,79 @@
 import { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
+import express from 'express';
+import request from 'supertest';
 import { captureResponse, replayResponse } from './response-capture';
 
-describe('replayResponse on a response whose prototype was replaced (as Express does)', () => {
-  it('replays through read-only inherited methods, and a method reference taken during the replay writes through the original after it', () => {
-    const ends: unknown[] = [];
-    // A replaced response prototype, as Express's: write methods inherited, none on the object
-    // itself; this one's end() is read-only (defineProperty's default).
-    const expressLike = Object.create(ServerResponse.prototype, {
-      end: {
-        value(this: ServerResponse, chunk?: unknown) {
-          ends.push(chunk);
-          return this;
-        },
-      },
-    });
-    const response: ServerResponse = Object.setPrototypeOf(new ServerResponse(new IncomingMessage(new Socket())), expressLike);
+const WRITE_METHODS = ['writeHead', 'write', 'end'];
 
-    replayResponse(response, { status: 200, headers: { 'content-type': 'text/plain' }, body: Buffer.from('stored') }, () => false, {});
-    // Middleware that wraps end() keeps a reference to the method it found, the stand-in.
-    const heldEnd = response.end as (chunk?: unknown) => ServerResponse;
-    response.end('rendered');
-    heldEnd.call(response, 'late');
-    response.end('direct');
+describe('replayResponse and captureResponse on a response whose prototype was replaced (as Express does)', () => {
+  /** A response with a prototype of its own kind, as Express gives each: write methods inherited, none on the object itself. */
+  function expressLikeResponse(prototype: object): ServerResponse {
+    return Object.setPrototypeOf(new ServerResponse(new IncomingMessage(new Socket())), prototype);
+  }
 
-    expect(ends.map(String)).toEqual(['stored', 'late', 'direct']);
-    expect(response.statusCode).toBe(200);
-  });
-
-  it('captures a response again after a replay left its stand-in prototype in place', async () => {
-    const written: string[] = [];
+  /** Write methods that record what reaches them, as `defineProperties` descriptors (configurable unless said otherwise). */
+  function recordingMethods(written: string[], configurable = true): PropertyDescriptorMap {
     const record = (name: string) => ({
+      configurable,
       value(this: ServerResponse, chunk?: unknown) {
         written.push(`${name}:${String(chunk)}`);
         return name === 'write' ? true : this;
       },
     });
-    const expressLike = Object.create(ServerResponse.prototype, { write: record('write'), end: record('end') });
-    const response: ServerResponse = Object.setPrototypeOf(new ServerResponse(new IncomingMessage(new Socket())), expressLike);
+    return { write: record('write'), end: record('end') };
+  }
+
+  it('on a real Express app: replays without changing the response (no own methods, same prototype), and its other routes answer as before', async () => {
+    const app = express();
+    const replayed: ServerResponse[] = [];
+    app.post('/replayed', (_request, response) => {
+      replayResponse(response, { status: 201, headers: { 'content-type': 'text/plain' }, body: Buffer.from('stored') }, () => false, {
+        'idempotency-replayed': 'true',
+      });
+      replayed.push(response);
+      response.status(500).json({ rendered: true });
+    });
+    app.post('/plain', (_request, response) => {
+      response.status(202).send('plain');
+    });
+
+    const replay = await request(app).post('/replayed');
+    const plain = await request(app).post('/plain');
+
+    expect([replay.status, replay.text, replay.headers['content-type'], replay.headers['idempotency-replayed']]).toEqual([201, 'stored', 'text/plain', 'true']);
+    expect(Object.getPrototypeOf(replayed[0])).toBe(app.response);
+    expect(WRITE_METHODS.filter((name) => Object.hasOwn(replayed[0], name))).toEqual([]);
+    expect([plain.status, plain.text]).toEqual([202, 'plain']);
+  });
+
+  it('a method reference kept past the replay writes through the original', () => {
+    const written: string[] = [];
+    const response = expressLikeResponse(Object.create(ServerResponse.prototype, recordingMethods(written)));
+
+    replayResponse(response, { status: 200, headers: {}, body: Buffer.from('stored') }, () => false, {});
+    // Middleware that wraps end() keeps a reference to the method it found.
+    const heldEnd = response.end as (chunk?: unknown) => ServerResponse;
+    response.end('rendered');
+    heldEnd.call(response, 'late');
+
+    expect(written).toEqual(['end:stored', 'end:late']);
+  });
+
+  it('replays through methods of its own when the prototype’s are read-only', () => {
+    const written: string[] = [];
+    const response = expressLikeResponse(Object.create(ServerResponse.prototype, recordingMethods(written, false)));
+
+    replayResponse(response, { status: 201, headers: {}, body: Buffer.from('stored') }, () => false, {});
+    response.end('rendered');
+
+    expect(written).toEqual(['end:stored']);
+    expect(response.statusCode).toBe(201);
+  });
+
+  it('captures a response again after a replay of it', async () => {
+    const written: string[] = [];
+    const response = expressLikeResponse(Object.create(ServerResponse.prototype, recordingMethods(written)));
 
     replayResponse(response, { status: 200, headers: {}, body: Buffer.from('stored') }, () => false, {});
     response.end('rendered');

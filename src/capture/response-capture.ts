@@ -157,58 +157,67 @@ function sendInstead(
   response.end(replacement.body, callback);
 }
 
-// The stand-in methods of each response whose prototype was swapped, and the swapped-in
-// prototype made for each original prototype.
+// The stand-in methods of each response being captured or replayed through forwarders on its
+// prototype, and for each prototype given forwarders, the methods they forward to otherwise.
 const standIns = new WeakMap<ServerResponse, WriteMethods>();
-const standInPrototypes = new WeakMap<object, object>();
+const forwardedMethods = new WeakMap<object, WriteMethods>();
 
 /**
  * Makes `methods` answer `writeHead`, `write` and `end` of `response`, and returns the methods
  * they replace (the response's own ones first: what other middleware, e.g. compression, put there
- * stays below the capture). Express replaces the prototype of its responses, and adding
- * properties to such an object costs microseconds and slows every later access to it; so a
- * response like that, without write methods of its own, gets a prototype (made once per original
- * prototype) whose methods forward to `methods`. Other responses get `methods` as their own.
+ * stays below the capture). Express gives each response a prototype of its app's, and changing
+ * such a response's shape (own properties, another prototype) costs microseconds; so that
+ * prototype gets forwarders once, which call the stand-ins registered for the response, or the
+ * methods they replaced when it has none. Other responses get `methods` as their own.
  */
 function replaceMethods(response: ServerResponse, methods: WriteMethods): WriteMethods {
-  let prototype = Object.getPrototypeOf(response);
-  if (prototype === ServerResponse.prototype || WRITE_METHODS.some((name) => Object.hasOwn(response, name))) {
-    const original: WriteMethods = { writeHead: response.writeHead, write: response.write, end: response.end };
-    Object.assign(response, methods);
-    return original;
-  }
-  // An earlier capture or replay of this response may have left its stand-in prototype in place.
-  if (standInPrototypes.get(Object.getPrototypeOf(prototype)) === prototype) prototype = Object.getPrototypeOf(prototype);
-  else Object.setPrototypeOf(response, standInPrototype(prototype));
-  standIns.set(response, methods);
-  return { writeHead: prototype.writeHead, write: prototype.write, end: prototype.end };
-}
-
-/**
- * Gives `response` its `original` methods back. A swapped-in prototype stays: without stand-ins
- * it forwards to the original prototype's methods, and swapping a prototype back costs as much as
- * swapping it in (each Express response has a map of its own, so V8 caches neither).
- */
-function restoreMethods(response: ServerResponse, original: WriteMethods): void {
-  if (!standIns.delete(response)) Object.assign(response, original);
-}
-
-function standInPrototype(prototype: Record<string, any>): object {
-  let standIn = standInPrototypes.get(prototype);
-  if (!standIn) {
-    // Defined, not assigned: assigning would throw where the original prototype's methods are read-only.
-    const forwarders: PropertyDescriptorMap = {};
-    for (const name of WRITE_METHODS) {
-      // Once the stand-ins are gone (and for a reference to a forwarder kept past them), the original answers.
-      const forward = function (this: ServerResponse, ...args: unknown[]) {
-        return ((standIns.get(this) ?? prototype)[name] as (...args: unknown[]) => unknown).apply(this, args);
-      };
-      forwarders[name] = { value: forward, writable: true, configurable: true };
+  if (!WRITE_METHODS.some((name) => Object.hasOwn(response, name))) {
+    const prototype = Object.getPrototypeOf(response);
+    const forwarded = forwardedMethods.get(prototype) ?? (canForward(prototype) ? addForwarders(prototype) : undefined);
+    if (forwarded) {
+      standIns.set(response, methods);
+      return forwarded;
     }
-    standIn = Object.create(prototype, forwarders) as object;
-    standInPrototypes.set(prototype, standIn);
   }
-  return standIn;
+  const original: WriteMethods = { writeHead: response.writeHead, write: response.write, end: response.end };
+  // Defined, not assigned: assigning would throw where the inherited methods are read-only.
+  Object.defineProperties(response, methodProperties(methods));
+  return original;
+}
+
+/** Gives `response` its `original` methods back. */
+function restoreMethods(response: ServerResponse, original: WriteMethods): void {
+  if (!standIns.delete(response)) Object.defineProperties(response, methodProperties(original));
+}
+
+/** A prototype that is not Node's own (shared by every response in the process) and whose write methods may be redefined. */
+function canForward(prototype: object): boolean {
+  return prototype !== ServerResponse.prototype && WRITE_METHODS.every((name) => Object.getOwnPropertyDescriptor(prototype, name)?.configurable ?? true);
+}
+
+function addForwarders(prototype: Record<string, any>): WriteMethods {
+  // What the forwarders stand for: the prototype's own methods, else those it inherits, looked up on each call.
+  const parent = Object.getPrototypeOf(prototype);
+  const own: Partial<WriteMethods> = {};
+  for (const name of WRITE_METHODS) if (Object.hasOwn(prototype, name)) own[name] = prototype[name];
+  const forwarded = {} as WriteMethods;
+  for (const name of WRITE_METHODS) Object.defineProperty(forwarded, name, { get: () => own[name] ?? parent[name] });
+  const forwarders = {} as WriteMethods;
+  for (const name of WRITE_METHODS) {
+    // Also what a reference to a forwarder, kept past the stand-ins, keeps calling.
+    forwarders[name] = function (this: ServerResponse, ...args: unknown[]) {
+      return ((standIns.get(this) ?? forwarded)[name] as (...args: unknown[]) => unknown).apply(this, args);
+    } as never;
+  }
+  Object.defineProperties(prototype, methodProperties(forwarders));
+  forwardedMethods.set(prototype, forwarded);
+  return forwarded;
+}
+
+function methodProperties(methods: WriteMethods): PropertyDescriptorMap {
+  const properties: PropertyDescriptorMap = {};
+  for (const name of WRITE_METHODS) properties[name] = { value: methods[name], writable: true, configurable: true };
+  return properties;
 }
 
 /** Applies `writeHead(status[, message][, headers])` to the response object without sending it. */
