@@ -33,7 +33,7 @@ export class IdempotencyRouteInterceptor implements NestInterceptor, OnModuleIni
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
     if (context.getType() !== 'http') return next.handle();
     // @Idempotent() on a controller and on one of its handlers binds this twice to that route.
-    const request = context.switchToHttp().getRequest();
+    const request = context.getArgByIndex(0);
     if (intercepted.has(request)) return next.handle();
     intercepted.add(request);
     return this.target.intercept(context, next);

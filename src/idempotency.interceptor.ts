@@ -52,17 +52,23 @@ export class IdempotencyInterceptor implements NestInterceptor {
   }
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
-    // Safe methods pass through synchronously, without a promise.
-    const http = context.switchToHttp();
-    if (!IDEMPOTENT_METHODS.has(http.getRequest().method)) return next.handle();
-    return this.interceptMarked(context, this.route(context), toHttpExchange(http.getRequest(), http.getResponse()), next);
+    // Safe methods pass through synchronously, without a promise. The request and response are
+    // read by index: switchToHttp() builds three closures on every call.
+    const request = context.getArgByIndex(0);
+    if (!IDEMPOTENT_METHODS.has(request.method)) return next.handle();
+    return this.interceptMarked(context, this.route(context), request, toHttpExchange(request, context.getArgByIndex(1)), next);
   }
 
-  private async interceptMarked(context: ExecutionContext, { options: route, answersItself }: Route, exchange: HttpExchange, next: CallHandler): Promise<Observable<unknown>> {
-    const http = context.switchToHttp();
+  private async interceptMarked(
+    context: ExecutionContext,
+    { options: route, answersItself }: Route,
+    request: object,
+    exchange: HttpExchange,
+    next: CallHandler,
+  ): Promise<Observable<unknown>> {
     const trace = new RequestTrace(context.getClass(), context.getHandler(), exchange.method);
 
-    const claim = await this.claimRequest(exchange, route, http.getRequest());
+    const claim = await this.claimRequest(exchange, route, request);
     if (claim) trace.identify(claim.scope, claim.key);
     const run: RunContext = { exchange, trace, unstored: this.unstored };
     if (!route.transactional) {
@@ -76,7 +82,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const transaction = await this.store
       .begin(route.isolation ?? this.options.isolation)
       .catch((error: unknown) => this.storeFailed(error, trace, exchange));
-    if (!claim) return this.transactionalRun.run(run, http.getRequest(), transaction, undefined, next);
+    if (!claim) return this.transactionalRun.run(run, request, transaction, undefined, next);
     let outcome: ClaimOutcome;
     try {
       outcome = await transaction.claim(claim);
@@ -91,7 +97,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
       return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
     }
     this.claimed(outcome.expiresAt, trace, exchange);
-    return this.transactionalRun.run(run, http.getRequest(), transaction, outcome.owner, next);
+    return this.transactionalRun.run(run, request, transaction, outcome.owner, next);
   }
 
   /** The key is ours: say so, and tell the client until when the answer will be kept. */
