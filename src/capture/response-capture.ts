@@ -180,14 +180,23 @@ function replaceMethods(response: ServerResponse, methods: WriteMethods): WriteM
     }
   }
   const original: WriteMethods = { writeHead: response.writeHead, write: response.write, end: response.end };
-  // Defined, not assigned: assigning would throw where the inherited methods are read-only.
-  Object.defineProperties(response, methodProperties(methods));
+  setOwnMethods(response, methods);
   return original;
 }
 
 /** Gives `response` its `original` methods back. */
 function restoreMethods(response: ServerResponse, original: WriteMethods): void {
-  if (!standIns.delete(response)) Object.defineProperties(response, methodProperties(original));
+  if (!standIns.delete(response)) setOwnMethods(response, original);
+}
+
+function setOwnMethods(response: ServerResponse, methods: WriteMethods): void {
+  // Assigned, which costs a tenth of defining them, unless an inherited method is read-only
+  // (assigning then throws).
+  try {
+    Object.assign(response, methods);
+  } catch {
+    Object.defineProperties(response, methodProperties(methods));
+  }
 }
 
 /** A prototype that is not Node's own (shared by every response in the process) and whose write methods may be redefined. */
