@@ -47,6 +47,27 @@ describe('replayResponse and captureResponse on a response whose prototype was r
     expect([plain.status, plain.text]).toEqual([202, 'plain']);
   });
 
+  it('on a real Express app: a write method the app puts on its response prototype later still runs, below the replay', async () => {
+    const app = express();
+    app.post('/replayed', (_request, response) => {
+      replayResponse(response, { status: 201, headers: {}, body: Buffer.from('stored') }, () => false, {});
+      response.status(500).send('rendered');
+    });
+    expect((await request(app).post('/replayed')).text).toBe('stored');
+    // Put there after the module took the prototype's methods over, as a late instrumentation would.
+    const ended: string[] = [];
+    const end = app.response.end;
+    app.response.end = function (this: ServerResponse, ...args: unknown[]) {
+      ended.push(String(args[0]));
+      return (end as (...args: unknown[]) => ServerResponse).apply(this, args);
+    } as typeof end;
+
+    const replay = await request(app).post('/replayed');
+
+    expect([replay.status, replay.text]).toEqual([201, 'stored']);
+    expect(ended).toEqual(['stored']);
+  });
+
   it('a method reference kept past the replay writes through the original', () => {
     const written: string[] = [];
     const response = expressLikeResponse(Object.create(ServerResponse.prototype, recordingMethods(written)));

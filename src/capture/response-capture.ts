@@ -158,9 +158,9 @@ function sendInstead(
 }
 
 // The stand-in methods of each response being captured or replayed through forwarders on its
-// prototype, and for each prototype given forwarders, the methods they forward to otherwise.
+// prototype, and for each prototype given forwarders, those and the methods they forward to otherwise.
 const standIns = new WeakMap<ServerResponse, WriteMethods>();
-const forwardedMethods = new WeakMap<object, WriteMethods>();
+const forwarding = new WeakMap<object, { forwarders: WriteMethods; forwarded: WriteMethods }>();
 
 /**
  * Makes `methods` answer `writeHead`, `write` and `end` of `response`, and returns the methods
@@ -173,7 +173,7 @@ const forwardedMethods = new WeakMap<object, WriteMethods>();
 function replaceMethods(response: ServerResponse, methods: WriteMethods): WriteMethods {
   if (!WRITE_METHODS.some((name) => Object.hasOwn(response, name))) {
     const prototype = Object.getPrototypeOf(response);
-    const forwarded = forwardedMethods.get(prototype) ?? (canForward(prototype) ? addForwarders(prototype) : undefined);
+    const forwarded = forwardedBy(prototype) ?? (canForward(prototype) ? addForwarders(prototype) : undefined);
     if (forwarded) {
       standIns.set(response, methods);
       return forwarded;
@@ -199,6 +199,12 @@ function setOwnMethods(response: ServerResponse, methods: WriteMethods): void {
   }
 }
 
+/** What the forwarders on `prototype` stand for, while they are still its methods (the app may put others there). */
+function forwardedBy(prototype: Record<string, any>): WriteMethods | undefined {
+  const installed = forwarding.get(prototype);
+  return installed && WRITE_METHODS.every((name) => prototype[name] === installed.forwarders[name]) ? installed.forwarded : undefined;
+}
+
 /** A prototype that is not Node's own (shared by every response in the process) and whose write methods may be redefined. */
 function canForward(prototype: object): boolean {
   return prototype !== ServerResponse.prototype && WRITE_METHODS.every((name) => Object.getOwnPropertyDescriptor(prototype, name)?.configurable ?? true);
@@ -219,7 +225,7 @@ function addForwarders(prototype: Record<string, any>): WriteMethods {
     } as never;
   }
   Object.defineProperties(prototype, methodProperties(forwarders));
-  forwardedMethods.set(prototype, forwarded);
+  forwarding.set(prototype, { forwarders, forwarded });
   return forwarded;
 }
 
