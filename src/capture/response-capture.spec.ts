@@ -47,7 +47,7 @@ describe('replayResponse and captureResponse on a response whose prototype was r
     expect([plain.status, plain.text]).toEqual([202, 'plain']);
   });
 
-  it('on a real Express app: a write method the app puts on its response prototype later still runs, below the replay', async () => {
+  it('on a real Express app: a write method the app puts on its response prototype later still runs, below a replay and below a capture that streams', async () => {
     const app = express();
     app.post('/replayed', (_request, response) => {
       replayResponse(response, { status: 201, headers: {}, body: Buffer.from('stored') }, () => false, {});
@@ -62,10 +62,19 @@ describe('replayResponse and captureResponse on a response whose prototype was r
       return (end as (...args: unknown[]) => ServerResponse).apply(this, args);
     } as typeof end;
 
+    app.post('/streamed', (_request, response) => {
+      // Past 4 bytes the capture streams what it holds through the methods it took over.
+      captureResponse(response, 4, async () => undefined);
+      response.write('abcdef');
+      response.end('gh');
+    });
+
     const replay = await request(app).post('/replayed');
+    const streamed = await request(app).post('/streamed');
 
     expect([replay.status, replay.text]).toEqual([201, 'stored']);
-    expect(ended).toEqual(['stored']);
+    expect(streamed.text).toBe('abcdefgh');
+    expect(ended).toEqual(['stored', 'gh']);
   });
 
   it('a method reference kept past the replay writes through the original', () => {

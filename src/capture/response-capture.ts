@@ -211,12 +211,17 @@ function canForward(prototype: object): boolean {
 }
 
 function addForwarders(prototype: Record<string, any>): WriteMethods {
-  // What the forwarders stand for: the prototype's own methods, else those it inherits, looked up on each call.
+  // What the forwarders stand for: the prototype's own methods, else those it inherits, looked up
+  // on each call. A forwarder of ours still there (the app replaced only some methods) is never
+  // stood for, as it would call the stand-ins again: what it stood for is.
   const parent = Object.getPrototypeOf(prototype);
-  const own: Partial<WriteMethods> = {};
-  for (const name of WRITE_METHODS) if (Object.hasOwn(prototype, name)) own[name] = prototype[name];
+  const previous = forwarding.get(prototype);
   const forwarded = {} as WriteMethods;
-  for (const name of WRITE_METHODS) Object.defineProperty(forwarded, name, { get: () => own[name] ?? parent[name] });
+  for (const name of WRITE_METHODS) {
+    const method = Object.hasOwn(prototype, name) ? prototype[name] : undefined;
+    const stoodFor = previous && method === previous.forwarders[name] ? () => previous.forwarded[name] : () => method ?? parent[name];
+    Object.defineProperty(forwarded, name, { get: stoodFor });
+  }
   const forwarders = {} as WriteMethods;
   for (const name of WRITE_METHODS) {
     // Also what a reference to a forwarder, kept past the stand-ins, keeps calling.
