@@ -6,8 +6,8 @@ import type { ClaimOutcome, ClaimRequest, RecordOwner, StoredResponse } from '..
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 
-// The store sends the INSERTs and COMPLETEs of fresh keys asked for in one turn of the event loop
-// as one statement each; every request must still get exactly its own answer.
+// The store sends the INSERTs and COMPLETEs of fresh keys, or the LOOKs of recorded ones, asked for
+// in one turn of the event loop as one statement each; every request must still get exactly its own answer.
 describe('Statements shared by the requests of one turn', () => {
   let database: TestDatabase;
   let dataSource: DataSource;
@@ -103,6 +103,53 @@ describe('Statements shared by the requests of one turn', () => {
     for (const [index, request] of requests.entries()) {
       const row = await record(request.scope, request.key);
       expect({ status: row.response_status, headers: row.response_headers, body: row.response_body }).toEqual(responses[index]);
+    }
+  });
+
+  it('reads the records of one turn with one LOOK when most keys come back recorded', async () => {
+    const recorded = [claimRequest(), claimRequest(), claimRequest(undefined, 'scope-b')];
+    for (const [index, request] of recorded.entries()) {
+      await store.complete(owner(await store.claim(request)), { status: 201, headers: {}, body: Buffer.from(`answer ${index}`) });
+    }
+    // Replayed one by one, until the store judges recorded keys the common case and reads first.
+    for (let replays = 0; replays < 60; replays++) await store.claim(recorded[replays % recorded.length]);
+    statements = [];
+    const fresh = claimRequest();
+    const outcomes = await Promise.all([...recorded, recorded[0], fresh].map((request) => store.claim(request)));
+    // The fresh key is not in the LOOK's answer and goes on to CLAIM.
+    expect(statements).toEqual(['look_many', 'claim']);
+    for (const index of [0, 1, 2, 3]) {
+      expect(outcomes[index]).toMatchObject({ kind: 'completed', response: { status: 201, body: Buffer.from(`answer ${index % 3}`) } });
+    }
+    expect(outcomes[4].kind).toBe('claimed');
+  });
+
+  it('plans each batch statement once per connection, whatever the size of its batches', async () => {
+    // One connection, so that its prepared statements can be read from pg_prepared_statements.
+    const single = new DataSource({ type: 'postgres', url: database.url, extra: { max: 1 } });
+    await single.initialize();
+    try {
+      // A table of many records, where a plan for a few given keys looks far cheaper than one for any number.
+      await single.query(`INSERT INTO idempotency_keys (api_key_id, idem_key, fingerprint, fence, expires_at, created_at, completed_at, response_status, response_body)
+                          SELECT 'scope-plans', 'key-' || g, 'f', 1, now() + interval '1 hour', now(), now(), 201, '\\x00' FROM generate_series(1, 50000) g`);
+      await single.query('ANALYZE idempotency_keys');
+      const batchStore = new PostgresIdempotencyStore(single);
+      // Small batches, as under moderate load.
+      const batches = Array.from({ length: 10 }, (_, batch) => Array.from({ length: 2 + (batch % 2) }, () => claimRequest()));
+      for (const requests of batches) {
+        const owners = (await Promise.all(requests.map((request) => batchStore.claim(request)))).map(owner);
+        await Promise.all(owners.map((recordOwner) => batchStore.complete(recordOwner, { status: 201, headers: {}, body: Buffer.from('x') })));
+      }
+      // Replayed until the store reads first, then the same batches again.
+      for (let replays = 0; replays < 60; replays++) await batchStore.claim(batches[0][0]);
+      for (const requests of batches) await Promise.all(requests.map((request) => batchStore.claim(request)));
+      const plans = await single.query(`SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE name LIKE '%_many_%' ORDER BY name`);
+      // PostgreSQL tries 5 custom plans before it settles on the generic one.
+      expect(plans).toEqual(
+        ['complete', 'insert', 'look'].map((statement) => ({ name: expect.stringMatching(`^idempotency_${statement}_many_`), generic_plans: '5', custom_plans: '5' })),
+      );
+    } finally {
+      await single.destroy();
     }
   });
 

@@ -77,19 +77,26 @@ const CLAIM: PreparedStatement = {
  */
 const INSERT: PreparedStatement = { name: 'idempotency_insert_v1', text: INSERT_RECORD };
 
+// The statements for a batch take its items as one JSON array of objects ($1), read with
+// jsonb_to_recordset(). PostgreSQL knows an array parameter's length when it plans a statement for
+// its values, which makes it plan a statement over unnest() anew on every execution (a custom plan
+// always looks cheaper than the generic one); a JSON recordset's size is unknown either way, so the
+// statement is planned once per connection, which costs a batch of one no more than its plain statement.
+const BATCH = (columns: string) => `jsonb_to_recordset($1::jsonb) AS v(${columns})`;
+
 /**
- * INSERT for a batch of keys, all different ($1–$5: arrays of INSERT's values). A key whose
+ * INSERT for a batch of keys, all different (INSERT's values as scope, key, fingerprint, lease, ttl). A key whose
  * transactional claim is not committed yet (its advisory lock is held) is left out, as the INSERT
  * would wait for that transaction and hold up the whole batch; its request goes on to CLAIM alone.
  * Rows go in key order, so two batches never wait on each other's keys in opposite orders.
  */
 const INSERT_MANY: PreparedStatement = {
-  name: 'idempotency_insert_many_v1',
+  name: 'idempotency_insert_many_v2',
   text: `
     INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
     SELECT v.scope, v.key, v.fingerprint, 1 + floor(random() * 1073741823)::integer,
            now() + v.lease * interval '1 millisecond', now() + v.ttl * interval '1 millisecond', now()
-    FROM unnest($1::text[], $2::varchar[], $3::varchar[], $4::double precision[], $5::double precision[]) AS v(scope, key, fingerprint, lease, ttl)
+    FROM ${BATCH('scope text, key varchar, fingerprint varchar, lease double precision, ttl double precision')}
     WHERE ${tryKeyLock('v.scope', 'v.key')}
     ORDER BY v.scope, v.key
     ON CONFLICT (api_key_id, idem_key) DO NOTHING
@@ -103,12 +110,24 @@ const INSERT_MANY: PreparedStatement = {
  * RecordedKeyRate) this is asked first; any other key (none, in flight, expired, a body read in
  * pieces) goes on to CLAIM. Only the columns of the answer: each costs a little on every replay.
  */
+const ANSWERABLE = (row: string) =>
+  `${row}.response_status IS NOT NULL AND ${row}.expires_at > now() AND octet_length(${row}.response_body) <= ${INLINE_BODY_BYTES}`;
+
 const LOOK: PreparedStatement = {
   name: 'idempotency_look_v3',
   text: `
-    SELECT fingerprint, response_status, response_headers, response_body FROM idempotency_keys
-    WHERE api_key_id = $1 AND idem_key = $2
-      AND response_status IS NOT NULL AND expires_at > now() AND octet_length(response_body) <= ${INLINE_BODY_BYTES}`,
+    SELECT k.fingerprint, k.response_status, k.response_headers, k.response_body FROM idempotency_keys k
+    WHERE k.api_key_id = $1 AND k.idem_key = $2 AND ${ANSWERABLE('k')}`,
+};
+
+/** LOOK for a batch of keys, all different (scope, key). */
+const LOOK_MANY: PreparedStatement = {
+  name: 'idempotency_look_many_v1',
+  text: `
+    SELECT k.api_key_id, k.idem_key, k.fingerprint, k.response_status, k.response_headers, k.response_body
+    FROM ${BATCH('scope text, key varchar')}
+    JOIN idempotency_keys k ON k.api_key_id = v.scope AND k.idem_key = v.key
+    WHERE ${ANSWERABLE('k')}`,
 };
 
 /**
@@ -151,12 +170,12 @@ const COMPLETE: PreparedStatement = {
          WHERE ${OWNED}`,
 };
 
-/** COMPLETE for a batch of records ($1–$6: arrays of COMPLETE's values); returns those it stored. */
+/** COMPLETE for a batch of records (COMPLETE's values, the body in hex); returns those it stored. */
 const COMPLETE_MANY: PreparedStatement = {
-  name: 'idempotency_complete_many_v1',
+  name: 'idempotency_complete_many_v2',
   text: `UPDATE idempotency_keys AS k
-         SET response_status = v.status, response_headers = v.headers, response_body = v.body, completed_at = now(), lease_expires_at = NULL
-         FROM unnest($1::text[], $2::varchar[], $3::integer[], $4::smallint[], $5::jsonb[], $6::bytea[]) AS v(scope, key, fence, status, headers, body)
+         SET response_status = v.status, response_headers = v.headers, response_body = decode(v.body, 'hex'), completed_at = now(), lease_expires_at = NULL
+         FROM ${BATCH('scope text, key varchar, fence integer, status smallint, headers jsonb, body text')}
          WHERE k.api_key_id = v.scope AND k.idem_key = v.key AND k.fence = v.fence AND k.response_status IS NULL
          RETURNING k.api_key_id, k.idem_key, k.fence`,
 };
@@ -207,6 +226,11 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     async ({ owner, response }) => (await this.run(COMPLETE, completeValues(owner, response))).rowCount === 1,
   );
 
+  private readonly lookBatches = new StatementBatcher<ClaimRequest, QueryResultRow | undefined>(
+    (requests) => this.lookMany(requests),
+    async (request) => (await this.run(LOOK, [request.scope, request.key])).rows[0],
+  );
+
   async claim(request: ClaimRequest, run: SqlRunner = this.run): Promise<ClaimOutcome> {
     const outcome = await this.settle(request, run);
     this.recordedKeys.observe(outcome.kind !== 'claimed');
@@ -243,7 +267,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   /** What the opening statement settles: a record to answer from (LOOK), a new record (INSERT). */
   private async open(opening: ClaimOpening, request: ClaimRequest, run: SqlRunner): Promise<QueryResultRow | undefined> {
     if (opening === 'insert') return run === this.run ? this.insertBatches.send(request) : (await run(INSERT, claimValues(request))).rows[0];
-    if (opening === 'look') return (await run(LOOK, [request.scope, request.key])).rows[0];
+    if (opening === 'look') return run === this.run ? this.lookBatches.send(request) : (await run(LOOK, [request.scope, request.key])).rows[0];
     return undefined;
   }
 
@@ -251,9 +275,17 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   private async insertMany(requests: ClaimRequest[]): Promise<(QueryResultRow | undefined)[]> {
     const ids = requests.map(recordId);
     const isFirst = ids.map((id, index) => ids.indexOf(id) === index);
-    const { rows } = await this.run(INSERT_MANY, columns(requests.filter((_, index) => isFirst[index]).map(claimValues)));
+    const batch = requests.filter((_, index) => isFirst[index]).map(({ scope, key, fingerprint, lease, ttl }) => ({ scope, key, fingerprint, lease, ttl }));
+    const { rows } = await this.run(INSERT_MANY, [JSON.stringify(batch)]);
     const inserted = new Map(rows.map((row) => [recordId({ scope: row.api_key_id, key: row.idem_key }), row]));
     return ids.map((id, index) => (isFirst[index] ? inserted.get(id) : undefined));
+  }
+
+  private async lookMany(requests: ClaimRequest[]): Promise<(QueryResultRow | undefined)[]> {
+    const unique = [...new Map(requests.map((request) => [recordId(request), request])).values()];
+    const { rows } = await this.run(LOOK_MANY, [JSON.stringify(unique.map(({ scope, key }) => ({ scope, key })))]);
+    const found = new Map(rows.map((row) => [recordId({ scope: row.api_key_id, key: row.idem_key }), row]));
+    return requests.map((request) => found.get(recordId(request)));
   }
 
   /** CLAIM, and the take-over of what it found claimable; undefined when a racing claim won. */
@@ -287,7 +319,8 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   private async completeMany(completions: Completion[]): Promise<boolean[]> {
-    const { rows } = await this.run(COMPLETE_MANY, columns(completions.map(({ owner, response }) => completeValues(owner, response))));
+    const batch = completions.map(({ owner: { scope, key, fence }, response: { status, headers, body } }) => ({ scope, key, fence, status, headers, body: body?.toString('hex') ?? null }));
+    const { rows } = await this.run(COMPLETE_MANY, [JSON.stringify(batch)]);
     const stored = new Set(rows.map((row) => `${row.fence}/${recordId({ scope: row.api_key_id, key: row.idem_key })}`));
     return completions.map(({ owner }) => stored.has(`${owner.fence}/${recordId(owner)}`));
   }
@@ -346,11 +379,6 @@ function claimValues(request: ClaimRequest): unknown[] {
 
 function completeValues(owner: RecordOwner, response: StoredResponse): unknown[] {
   return [...ownerValues(owner), response.status, response.headers, response.body];
-}
-
-/** The values of several statements as one array per parameter, for `unnest`. */
-function columns(rows: unknown[][]): unknown[][] {
-  return rows[0].map((_, column) => rows.map((row) => row[column]));
 }
 
 // Length-prefixed, so ("a b", "c") and ("a", "b c") stay apart.
