@@ -103,6 +103,9 @@ const INSERT_MANY: PreparedStatement = {
     RETURNING k.api_key_id, k.idem_key, ${CLAIMED_COLUMNS('k')}`,
 };
 
+const ANSWERABLE = (row: string) =>
+  `${row}.response_status IS NOT NULL AND ${row}.expires_at > now() AND octet_length(${row}.response_body) <= ${INLINE_BODY_BYTES}`;
+
 /**
  * The record, if it is one a replay (or a conflict) is answered from: completed, not expired, its
  * body short enough to come along. A statement that may write costs PostgreSQL noticeably more to
@@ -110,9 +113,6 @@ const INSERT_MANY: PreparedStatement = {
  * RecordedKeyRate) this is asked first; any other key (none, in flight, expired, a body read in
  * pieces) goes on to CLAIM. Only the columns of the answer: each costs a little on every replay.
  */
-const ANSWERABLE = (row: string) =>
-  `${row}.response_status IS NOT NULL AND ${row}.expires_at > now() AND octet_length(${row}.response_body) <= ${INLINE_BODY_BYTES}`;
-
 const LOOK: PreparedStatement = {
   name: 'idempotency_look_v3',
   text: `
