@@ -81,7 +81,7 @@ const INSERT: PreparedStatement = { name: 'idempotency_insert_v1', text: INSERT_
 // jsonb_to_recordset(). PostgreSQL knows an array parameter's length when it plans a statement for
 // its values, which makes it plan a statement over unnest() anew on every execution (a custom plan
 // always looks cheaper than the generic one); a JSON recordset's size is unknown either way, so the
-// statement is planned once per connection, which costs a batch of one no more than its plain statement.
+// statement is planned once per connection.
 const BATCH = (columns: string) => `jsonb_to_recordset($1::jsonb) AS v(${columns})`;
 
 /**
