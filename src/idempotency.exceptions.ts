@@ -83,7 +83,7 @@ const TEMPLATES: Record<IdempotencyErrorCode, ErrorTemplate> = {
   idempotency_response_not_stored: {
     status: 409,
     param: null,
-    message: 'The original request with this Idempotency-Key completed, but its response was too large to be stored for replay.',
+    message: 'The original request with this Idempotency-Key completed, but its response could not be stored for replay (it was too large, or the application answered before the handler finished).',
     suggestion: 'Fetch the resulting resource instead of retrying, or use a new key for a new request.',
   },
   idempotency_store_unavailable: {

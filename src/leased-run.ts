@@ -1,17 +1,29 @@
 import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
-import { type Observable, finalize } from 'rxjs';
+import type { Observable } from 'rxjs';
 import { captureResponse, type CapturedResponse } from './capture/response-capture';
 import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
 import { publishEvent } from './idempotency-events';
 import { errorMessage } from './log-format';
+import { RequestLifecycle, type HandlerEnd } from './request-lifecycle';
 import type { RunContext } from './run-context';
-import { IdempotencyStore, type RecordOwner } from './store/idempotency.store';
+import { IdempotencyStore, type RecordOwner, type StoredResponse } from './store/idempotency.store';
 import { toStoredResponse } from './stored-response';
 
 /**
  * Runs the handler of a claimed key on a lease: the lease is renewed while the handler runs, and
  * the captured response is stored (or, for a 5xx, the claim released) before the response leaves.
+ *
+ * The key is never freed while the handler may still run or an answer for it may still be written:
+ * - a client that leaves does not stop the answer from being stored when the pipeline still
+ *   writes it; the key is released at once only when no answer can come any more (the handler was
+ *   torn down, or its answer broke off midway). Otherwise the lease is no longer renewed once the
+ *   handler is done and the connection gone, so a pipeline that never answers frees the key when
+ *   its lease runs out;
+ * - an answer written while the handler still runs (an outer `timeout()` interceptor) goes out as
+ *   it is, is never stored, and the key stays in flight until the handler ends: then the record is
+ *   completed without a replayable answer (retries get `idempotency_response_not_stored`), or
+ *   released if the handler failed.
  */
 @Injectable()
 export class LeasedRun {
@@ -23,15 +35,36 @@ export class LeasedRun {
   ) {}
 
   run({ exchange, trace, unstored }: RunContext, owner: RecordOwner, next: CallHandler): Observable<unknown> {
-    let finished = false;
-    let handlerSettled = false;
-    let connectionClosed = false;
+    let decided = false;
+    // An answer that left while the handler still ran: the record waits for the handler.
+    let answeredEarly: CapturedResponse | undefined;
+
+    const decide = async (outcome: StoredResponse | undefined, status?: number) => {
+      decided = true;
+      clearInterval(renewal);
+      lifecycle.dispose();
+      await this.settle(owner, outcome, status, { exchange, trace, unstored });
+    };
+    const abandonIfNoAnswer = () => {
+      if (decided || answeredEarly || lifecycle.handlerRunning || !lifecycle.connectionClosed) return;
+      if (lifecycle.handlerEnd === 'torn_down' || progress.bodyStarted) void decide(undefined);
+    };
+    const lifecycle = new RequestLifecycle(exchange, {
+      handlerEnded: (end: HandlerEnd) => {
+        if (!answeredEarly) return abandonIfNoAnswer();
+        const { status } = answeredEarly;
+        if (!decided) void decide(end === 'answered' ? { status, headers: {}, body: null } : undefined, status);
+      },
+      connectionClosed: abandonIfNoAnswer,
+    });
 
     const renewal = setInterval(() => {
+      // Past the handler, only an open connection can still bring its answer.
+      if (!lifecycle.handlerRunning && lifecycle.connectionClosed) return clearInterval(renewal);
       this.store.renew(owner, this.options.lease).then(
         (owned) => {
-          // A renewal answered after the completion finds the record no longer in flight: not a loss.
-          if (!owned && !finished) {
+          // A renewal answered after the decision finds the record no longer in flight: not a loss.
+          if (!owned && !decided) {
             clearInterval(renewal);
             publishEvent('lease_lost', trace);
             this.logger.warn(`Lease lost for key ${trace.keyHash}: another request took it over; this response will not be stored.`);
@@ -42,44 +75,42 @@ export class LeasedRun {
     }, Math.max(1, Math.floor(this.options.lease / 3)));
     renewal.unref();
 
-    const finish = async (captured: CapturedResponse | null) => {
-      finished = true;
-      clearInterval(renewal);
-      const status = captured?.status;
-      try {
-        if (captured === null || captured.status >= 500) {
-          if (this.options.expiresHeader) exchange.response.removeHeader(this.options.expiresHeader);
-          await this.store.release(owner);
-          publishEvent('released', trace, { status });
-        } else if (await this.store.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes))) {
-          publishEvent('stored', trace, { status });
-        } else {
-          publishEvent('lease_lost', trace, { status });
-          this.logger.warn(`Response for key ${trace.keyHash} not stored: the claim was taken over after its lease ran out.`);
+    const progress = captureResponse(exchange.response, this.options.maxResponseBytes, async (captured) => {
+      if (decided) return;
+      if (lifecycle.handlerRunning) {
+        if (lifecycle.pipelineLetGo) {
+          answeredEarly = captured;
+          return;
         }
-      } catch (error) {
-        // The response still goes out; the claim stays in flight until its lease runs out, so no
-        // retry runs the handler again before then (SPEC W12).
-        publishEvent('store_error', trace, { status, error: errorMessage(error) });
-        this.logger.error(`Storing the response for key ${trace.keyHash} failed: ${errorMessage(error)}`);
+        // The handler writes its answer itself (`@Res()`): it is stored once the handler has ended.
+        await lifecycle.handlerDone;
+        if (decided) return;
       }
-    };
-    captureResponse(exchange.response, this.options.maxResponseBytes, finish);
-
-    // A response that is destroyed instead of ended (a stream that failed after its headers went
-    // out, a client gone while a stream was piping) never reaches the capture: free the key.
-    const abandonIfUnfinished = () => {
-      if (!finished && handlerSettled && connectionClosed) void finish(null);
-    };
-    exchange.response.once('close', () => {
-      connectionClosed = true;
-      setImmediate(abandonIfUnfinished);
+      // A 5xx, or an answer the handler never took part in (an outer interceptor answered instead).
+      const failed = captured.status >= 500 || !lifecycle.handlerStarted;
+      await decide(failed ? undefined : toStoredResponse(captured, unstored, this.options.maxResponseBytes), captured.status);
     });
-    return next.handle().pipe(
-      finalize(() => {
-        handlerSettled = true;
-        setImmediate(abandonIfUnfinished);
-      }),
-    );
+    return lifecycle.observe(next);
+  }
+
+  /** Stores `outcome` as the record's answer, or releases the key when there is none. */
+  private async settle(owner: RecordOwner, outcome: StoredResponse | undefined, status: number | undefined, { exchange, trace }: RunContext): Promise<void> {
+    try {
+      if (!outcome) {
+        if (this.options.expiresHeader && !exchange.response.headersSent) exchange.response.removeHeader(this.options.expiresHeader);
+        await this.store.release(owner);
+        publishEvent('released', trace, { status });
+      } else if (await this.store.complete(owner, outcome)) {
+        publishEvent('stored', trace, { status });
+      } else {
+        publishEvent('lease_lost', trace, { status });
+        this.logger.warn(`Response for key ${trace.keyHash} not stored: the claim was taken over after its lease ran out.`);
+      }
+    } catch (error) {
+      // The response still goes out; the claim stays in flight until its lease runs out, so no
+      // retry runs the handler again before then.
+      publishEvent('store_error', trace, { status, error: errorMessage(error) });
+      this.logger.error(`Storing the response for key ${trace.keyHash} failed: ${errorMessage(error)}`);
+    }
   }
 }

@@ -24,6 +24,12 @@ export interface Replacement {
   keepHeader: KeepHeader;
 }
 
+/** How far the application has got in writing a captured response. */
+export interface CaptureProgress {
+  /** Body bytes came through `write()`: the response is being sent (e.g. a stream is piped into it). */
+  readonly bodyStarted: boolean;
+}
+
 type WriteCallback = (error?: Error | null) => void;
 
 /** The methods through which everything is written to a response. */
@@ -49,8 +55,9 @@ export function captureResponse(
   response: ServerResponse,
   streamPast: number | undefined,
   onEnd: (captured: CapturedResponse) => Promise<Replacement | void>,
-): void {
+): CaptureProgress {
   const maxBytes = streamPast ?? Infinity;
+  const progress = { bodyStarted: false };
   const chunks: Buffer[] = [];
   let size = 0;
   let streaming = false;
@@ -77,6 +84,7 @@ export function captureResponse(
 
   function captureWrite(chunk: any, encoding?: any, callback?: any) {
     if (ended) return false;
+    progress.bodyStarted = true;
     if (streaming) return original.write.call(response, chunk, encoding, callback);
     const buffer = toBuffer(chunk, encoding);
     chunks.push(buffer);
@@ -114,6 +122,8 @@ export function captureResponse(
       });
     return response;
   }
+
+  return progress;
 }
 
 /**

@@ -21,7 +21,7 @@ const CODE_NOTES: Record<IdempotencyErrorCode, string> = {
   idempotency_key_conflict:
     'the key was already used with a different request (method, path, query or body). Answered with 422 instead when the module runs with `conflictStatus: 422`.',
   idempotency_key_in_use: 'a request with this key is still being processed; retry with the same key after `Retry-After`.',
-  idempotency_response_not_stored: 'the original request completed, but its response was too large to be stored for replay.',
+  idempotency_response_not_stored: 'the original request completed, but its response could not be stored for replay.',
   transaction_conflict: 'the request conflicted with a concurrent transaction and was rolled back; retry with the same key after `Retry-After`.',
   internal_error: 'the transaction could not be committed: nothing was changed or stored, and a retry with the same key runs the request again.',
   idempotency_store_unavailable: 'idempotency records cannot be reached right now (fail closed); retry with the same key after `Retry-After`.',

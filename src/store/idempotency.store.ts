@@ -57,6 +57,8 @@ export interface StoreTransaction {
   complete(owner: RecordOwner, response: StoredResponse): Promise<void>;
   /** Commits and gives the connection back; throws when the commit failed. */
   commit(): Promise<void>;
+  /** Ends the transaction at once while the handler may still use it: nothing it sends commits; never throws. */
+  abandon(): Promise<void>;
   /** Rolls back and gives the connection back; never throws. */
   rollback(): Promise<void>;
 }

@@ -79,6 +79,19 @@ export class PostgresStoreTransaction implements StoreTransaction {
     await this.queryRunner.release();
   }
 
+  async abandon(): Promise<void> {
+    // Closing the connection makes PostgreSQL roll the transaction back. A ROLLBACK would run only
+    // after what the handler has queued on the connection, and what it queues next would then run
+    // outside any transaction. TypeORM's postgres query runner hands a release error on to the pool,
+    // which then closes the connection instead of reusing it (the method is private in its types).
+    const runner = this.queryRunner as unknown as { releasePostgresConnection(error: Error): Promise<void> };
+    try {
+      await runner.releasePostgresConnection(new Error('transaction abandoned'));
+    } catch {
+      // Already gone: PostgreSQL rolls back a transaction whose connection is lost.
+    }
+  }
+
   async rollback(): Promise<void> {
     try {
       if (this.queryRunner.isTransactionActive) await this.queryRunner.rollbackTransaction();
