@@ -180,11 +180,12 @@ const COMPLETE_MANY: PreparedStatement = {
          RETURNING k.api_key_id, k.idem_key, k.fence`,
 };
 
-// Releasing ends the record's life now instead of deleting it, so its fencing token survives and
-// the next claim bumps it: an old owner can never match the record of a later claim.
+// Releasing ends the record's life now instead of deleting it, so its fencing token survives: an
+// old owner can never match the record of a later claim. The token is bumped too, which ends the
+// ownership itself: a renewal or completion still on its way when the key was released matches nothing.
 const RELEASE: PreparedStatement = {
-  name: 'idempotency_release_v1',
-  text: `UPDATE idempotency_keys SET expires_at = now(), lease_expires_at = now() WHERE ${OWNED}`,
+  name: 'idempotency_release_v2',
+  text: `UPDATE idempotency_keys SET expires_at = now(), lease_expires_at = now(), fence = fence + 1 WHERE ${OWNED}`,
 };
 
 const PURGE_BATCH: PreparedStatement = {
