@@ -15,11 +15,14 @@ import { RecordedKeyRate, type ClaimOpening } from './recorded-key-rate';
 import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner';
 import { StatementBatcher } from './statement-batcher';
 
-// A record may be taken over when its TTL is over (unless a live claim still holds it), or when
-// it is in flight, its lease has run out (the owner crashed or released it) and the request is
-// the same one. Written once and used in both the look-up and the take-over below.
-const claimable = (row: string, fingerprint: string) => `(
-  (${row}.expires_at <= now() AND (${row}.response_status IS NOT NULL OR ${row}.lease_expires_at <= now()))
+// A record whose TTL is over and that no live claim holds: purged, or taken over by any request.
+const expired = (row: string) =>
+  `(${row}.expires_at <= now() AND (${row}.response_status IS NOT NULL OR ${row}.lease_expires_at <= now()))`;
+
+// A record may be taken over when it is expired, or when it is in flight, its lease has run out
+// (the owner crashed) and the request is the same one. Written once and used in both the look-up
+// and the take-over below.
+const claimable = (row: string, fingerprint: string) => `(${expired(row)}
   OR (${row}.response_status IS NULL AND ${row}.lease_expires_at <= now() AND ${row}.fingerprint = ${fingerprint}))`;
 
 // pg reads bytea as hex text, so a body costs several times its size while it is read. Bodies up
@@ -188,13 +191,17 @@ const RELEASE: PreparedStatement = {
   text: `UPDATE idempotency_keys SET expires_at = now(), lease_expires_at = now(), fence = fence + 1 WHERE ${OWNED}`,
 };
 
+/**
+ * Deletes up to $1 expired records, skipping those another transaction holds. Records are picked by
+ * their primary key, never by ctid: a ctid is unique only inside one partition of a partitioned table.
+ */
 const PURGE_BATCH: PreparedStatement = {
-  name: 'idempotency_purge_batch_v1',
+  name: 'idempotency_purge_batch_v2',
   text: `
-    DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-      SELECT ctid FROM idempotency_keys
-      WHERE expires_at <= now() AND (response_status IS NOT NULL OR lease_expires_at <= now())
-      LIMIT $1 FOR UPDATE SKIP LOCKED))`,
+    DELETE FROM idempotency_keys k USING (
+      SELECT e.api_key_id, e.idem_key FROM idempotency_keys e WHERE ${expired('e')} LIMIT $1 FOR UPDATE SKIP LOCKED
+    ) d
+    WHERE k.api_key_id = d.api_key_id AND k.idem_key = d.idem_key AND ${expired('k')}`,
 };
 
 /** Session-level advisory lock id that lets only one instance purge at a time ("idempotency purge"). */
