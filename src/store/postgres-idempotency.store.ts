@@ -204,8 +204,13 @@ const PURGE_BATCH: PreparedStatement = {
     WHERE k.api_key_id = d.api_key_id AND k.idem_key = d.idem_key AND ${expired('k')}`,
 };
 
-/** Session-level advisory lock id that lets only one instance purge at a time ("idempotency purge"). */
+/**
+ * The advisory lock that lets only one instance purge a batch at a time ("idempotency purge"). Taken
+ * per transaction, never per session: behind a transaction pooler (PgBouncer pool_mode = transaction)
+ * the session that took a session-level lock may serve another client, or never be asked to unlock.
+ */
 const PURGE_LOCK_ID = 7_305_219_447_001;
+const TAKE_PURGE_LOCK = { try: 'SELECT pg_try_advisory_xact_lock($1) AS locked', wait: 'SELECT true AS locked FROM pg_advisory_xact_lock($1)' };
 
 /** How many times a claim is re-asked after losing a race for the key. */
 const CLAIM_ATTEMPTS = 5;
@@ -337,29 +342,34 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return (await this.run(RELEASE, ownerValues(owner))).rowCount === 1;
   }
 
-  async purgeExpired(options: { batchSize: number; skipIfBusy: boolean }): Promise<number> {
-    // An advisory lock belongs to a session, so lock, purge and unlock on one connection.
+  async purgeExpired({ batchSize, skipIfBusy }: { batchSize: number; skipIfBusy: boolean }): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const purged = await this.purgeBatch(batchSize, skipIfBusy);
+      // Busy: another instance is purging and takes care of the rest.
+      if (purged === undefined) return total;
+      total += purged;
+      if (purged < batchSize) return total;
+    }
+  }
+
+  /**
+   * One batch in a transaction of its own, so no batch holds its row locks for long and the purge
+   * lock lives no longer than the batch. Undefined when the lock was busy and `skipIfBusy`.
+   */
+  private async purgeBatch(batchSize: number, skipIfBusy: boolean): Promise<number | undefined> {
     const client: PoolClient = await this.pool().connect();
     try {
-      if (options.skipIfBusy) {
-        const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS locked', [PURGE_LOCK_ID]);
-        if (!rows[0].locked) return 0;
-      } else {
-        await client.query('SELECT pg_advisory_lock($1)', [PURGE_LOCK_ID]);
-      }
-      try {
-        let total = 0;
-        for (;;) {
-          // Each batch commits on its own, so no batch holds its row locks for long.
-          const result = await client.query({ name: PURGE_BATCH.name, text: PURGE_BATCH.text, values: [options.batchSize] });
-          total += result.rowCount ?? 0;
-          if ((result.rowCount ?? 0) < options.batchSize) return total;
-        }
-      } finally {
-        await client.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_ID]);
-      }
-    } finally {
+      await client.query('BEGIN');
+      const { rows } = await client.query(TAKE_PURGE_LOCK[skipIfBusy ? 'try' : 'wait'], [PURGE_LOCK_ID]);
+      const purged = rows[0].locked ? await client.query({ ...PURGE_BATCH, values: [batchSize] }) : undefined;
+      await client.query('COMMIT');
       client.release();
+      return purged && (purged.rowCount ?? 0);
+    } catch (error) {
+      // Closing the connection rolls back whatever the batch began, even when it broke.
+      client.release(true);
+      throw error;
     }
   }
 
