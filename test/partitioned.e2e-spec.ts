@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { DataSource } from 'typeorm';
+import type { DataSource } from 'typeorm';
 import { CreatePartitionedIdempotencyKeys1764288000000, IdempotencyService } from '../src';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
 import { bootFixture, ThingsController, type FixtureApp } from './support/fixture-app';
 import { authed, scopeOf, send } from './support/http-client';
+import { insertCompletedRecords } from './support/records';
+import { migratedDataSource } from './support/store-harness';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 
 // The table may be partitioned by api_key_id: nothing may rely on what is unique only inside one
@@ -14,8 +16,7 @@ describe('A table hash-partitioned by api_key_id', () => {
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    dataSource = new DataSource({ type: 'postgres', url: database.url, migrations: [CreatePartitionedIdempotencyKeys1764288000000], migrationsRun: true });
-    await dataSource.initialize();
+    dataSource = await migratedDataSource(database.url, CreatePartitionedIdempotencyKeys1764288000000);
   });
   afterAll(async () => {
     await dataSource?.destroy();
@@ -28,30 +29,24 @@ describe('A table hash-partitioned by api_key_id', () => {
   it('is created by the partitioned migration with eight partitions by default, or as many as asked', async () => {
     expect(await partitions(dataSource)).toBe(8);
     const other = await createTestDatabase();
-    const three = new DataSource({ type: 'postgres', url: other.url, migrations: [CreatePartitionedIdempotencyKeys1764288000000.withPartitions(3)] });
     try {
-      await three.initialize();
-      await three.runMigrations();
+      const migration = CreatePartitionedIdempotencyKeys1764288000000.withPartitions(3);
+      const three = await migratedDataSource(other.url, migration);
       expect(await partitions(three)).toBe(3);
-    } finally {
       await three.destroy();
+    } finally {
       await other.drop();
     }
   });
 
   it('purges exactly the expired records and keeps every live one, whatever partition each is in', async () => {
-    // Records 1–300 expired, 301–600 live, spread over 40 scopes and so over every partition.
-    await dataSource.query(
-      `INSERT INTO idempotency_keys (api_key_id, idem_key, fingerprint, fence, expires_at, created_at, response_status, response_headers, response_body)
-       SELECT 'scope-' || (i % 40), 'key-' || i, repeat('f', 64), 1,
-              now() + CASE WHEN i <= 300 THEN interval '-1 hour' ELSE interval '1 hour' END,
-              now() - interval '2 hours', 200, '{}'::jsonb, '\\x78'::bytea
-       FROM generate_series(1, 600) AS i`,
-    );
+    await insertCompletedRecords(dataSource, { to: 300, scopes: 40, expired: true });
+    await insertCompletedRecords(dataSource, { from: 301, to: 600, scopes: 40, expired: false });
     const store = new PostgresIdempotencyStore(dataSource);
     expect(await store.purgeExpired({ batchSize: 50, skipIfBusy: false })).toBe(300);
     const [left] = await dataSource.query(
-      `SELECT count(*) FILTER (WHERE expires_at <= now())::int AS expired, count(*) FILTER (WHERE expires_at > now())::int AS live
+      `SELECT count(*) FILTER (WHERE expires_at <= now())::int AS expired,
+              count(*) FILTER (WHERE expires_at > now())::int AS live
        FROM idempotency_keys`,
     );
     expect(left).toEqual({ expired: 0, live: 300 });
@@ -87,12 +82,17 @@ describe('A table hash-partitioned by api_key_id', () => {
       expect(conflict.status).toBe(409);
       expect(conflict.json.error.code).toBe('idempotency_key_conflict');
 
-      const live = await send(app.url, { path: '/things', headers: authed(token, randomUUID()), body: { n: 3 } });
+      const liveKey = randomUUID();
+      const live = await send(app.url, { path: '/things', headers: authed(token, liveKey), body: { n: 3 } });
       expect(live.status).toBe(201);
-      await app.dataSource.query(`UPDATE idempotency_keys SET expires_at = now() WHERE api_key_id = $1 AND idem_key = $2`, [scopeOf(token), key]);
+      const scope = scopeOf(token);
+      await app.dataSource.query(
+        `UPDATE idempotency_keys SET expires_at = now() WHERE api_key_id = $1 AND idem_key = $2`,
+        [scope, key],
+      );
       expect(await app.app.get(IdempotencyService).purgeExpired()).toBe(1);
-      const [{ n }] = await app.dataSource.query(`SELECT count(*)::int AS n FROM idempotency_keys WHERE api_key_id = $1`, [scopeOf(token)]);
-      expect(n).toBe(1);
+      const left = await app.dataSource.query(`SELECT idem_key FROM idempotency_keys WHERE api_key_id = $1`, [scope]);
+      expect(left).toEqual([{ idem_key: liveKey }]);
 
       const runs = app.probe.count('create');
       const afterPurge = await post({ n: 1 });

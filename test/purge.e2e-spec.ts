@@ -1,10 +1,12 @@
 import pg from 'pg';
-import { DataSource } from 'typeorm';
-import { CreateIdempotencyKeys1764288000000 } from '../src';
+import type { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
+import { insertCompletedRecords } from './support/records';
+import { migratedDataSource } from './support/store-harness';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 
 type Query = (...args: unknown[]) => Promise<unknown>;
+type Callback = (error: unknown, result?: unknown) => void;
 
 // Only one instance purges at a time, and the lock that says so lives no longer than one
 // transaction: behind a transaction pooler (PgBouncer pool_mode = transaction) a session is not
@@ -34,50 +36,44 @@ describe('The purge lock', () => {
     const { rows } = await observer.query(
       `SELECT count(*)::int AS held, count(*) FILTER (WHERE a.xact_start IS NULL)::int AS "heldOutsideTransaction"
        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-       WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+       WHERE l.locktype = 'advisory' AND l.granted
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
     );
     seen.push(rows[0]);
   };
 
-  /**
-   * An app instance: its own DataSource and store. Each of its connections lets the observer look
-   * at the locks after every statement, before the store can send the next one.
-   */
+  /** Lets the observer look at the locks after every statement of the client, before its next one. */
+  const observeAfterEachStatement = (client: pg.PoolClient) => {
+    const query = client.query.bind(client) as Query;
+    (client as unknown as { query: Query }).query = (...args) => {
+      // pg's pool passes a callback; the store awaits the promise.
+      const callback = typeof args.at(-1) === 'function' ? (args.pop() as Callback) : undefined;
+      const answered = query(...args).then(async (result) => {
+        await observeLocks();
+        return result;
+      });
+      if (!callback) return answered;
+      answered.then((result) => callback(null, result), callback);
+      return undefined as never;
+    };
+  };
+
+  /** An app instance: a DataSource and store of its own, every connection watched by the observer. */
   const instance = async () => {
-    const dataSource = new DataSource({ type: 'postgres', url: database.url, migrations: [CreateIdempotencyKeys1764288000000], migrationsRun: true });
-    await dataSource.initialize();
-    const pool = (dataSource.driver as unknown as { master: pg.Pool }).master;
-    const observed = new WeakSet<pg.PoolClient>();
-    pool.on('acquire', (client) => {
-      if (observed.has(client)) return;
-      observed.add(client);
-      const query = client.query.bind(client) as Query;
-      (client as unknown as { query: Query }).query = (...args) => {
-        const callback = typeof args.at(-1) === 'function' ? (args.pop() as (error: unknown, result?: unknown) => void) : undefined;
-        const answered = query(...args).then(async (result) => {
-          await observeLocks();
-          return result;
-        });
-        if (!callback) return answered;
-        answered.then((result) => callback(null, result), callback);
-        return undefined as never;
-      };
+    const dataSource = await migratedDataSource(database.url);
+    const watched = new WeakSet<pg.PoolClient>();
+    (dataSource.driver as unknown as { master: pg.Pool }).master.on('acquire', (client) => {
+      if (watched.has(client)) return;
+      watched.add(client);
+      observeAfterEachStatement(client);
     });
     return { dataSource, store: new PostgresIdempotencyStore(dataSource) };
   };
 
-  const insertExpired = (dataSource: DataSource, count: number) =>
-    dataSource.query(
-      `INSERT INTO idempotency_keys (api_key_id, idem_key, fingerprint, fence, expires_at, created_at, response_status, response_headers, response_body)
-       SELECT 'scope-' || (i % 7), 'key-' || i, repeat('f', 64), 1, now() - interval '1 hour', now() - interval '2 hours', 200, '{}'::jsonb, '\\x78'::bytea
-       FROM generate_series(1, $1::integer) AS i`,
-      [count],
-    );
-
   it('is never held by a session between transactions', async () => {
     const { dataSource, store } = await instance();
     try {
-      await insertExpired(dataSource, 35);
+      await insertCompletedRecords(dataSource, { to: 35, scopes: 7, expired: true });
       seen = [];
       expect(await store.purgeExpired({ batchSize: 10, skipIfBusy: true })).toBe(35);
       expect(await store.purgeExpired({ batchSize: 10, skipIfBusy: false })).toBe(0);
@@ -93,18 +89,27 @@ describe('The purge lock', () => {
     const first = await instance();
     const second = await instance();
     try {
-      await insertExpired(first.dataSource, 120);
+      await insertCompletedRecords(first.dataSource, { to: 120, scopes: 7, expired: true });
       // Each purge DELETE statement logs when it ran; a pause inside it leaves the other instance
       // plenty of time to run one of its own alongside, unless the lock stops it.
       await first.dataSource.query(`
         CREATE TABLE purge_statements (id serial PRIMARY KEY, started timestamptz NOT NULL, ended timestamptz);
-        CREATE FUNCTION purge_statement_starts() RETURNS trigger LANGUAGE plpgsql AS $$
-          BEGIN INSERT INTO purge_statements (started) VALUES (clock_timestamp()); PERFORM pg_sleep(0.02); RETURN NULL; END $$;
-        CREATE FUNCTION purge_statement_ends() RETURNS trigger LANGUAGE plpgsql AS $$
-          BEGIN UPDATE purge_statements SET ended = clock_timestamp() WHERE id = currval('purge_statements_id_seq'); RETURN NULL; END $$;
-        CREATE TRIGGER purge_statement_starts BEFORE DELETE ON idempotency_keys FOR EACH STATEMENT EXECUTE FUNCTION purge_statement_starts();
-        CREATE TRIGGER purge_statement_ends AFTER DELETE ON idempotency_keys FOR EACH STATEMENT EXECUTE FUNCTION purge_statement_ends();`);
-      const counts = await Promise.all([first, second].map(({ store }) => store.purgeExpired({ batchSize: 10, skipIfBusy: false })));
+        CREATE FUNCTION purge_statement_starts() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+          INSERT INTO purge_statements (started) VALUES (clock_timestamp());
+          PERFORM pg_sleep(0.02);
+          RETURN NULL;
+        END $$;
+        CREATE FUNCTION purge_statement_ends() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+          UPDATE purge_statements SET ended = clock_timestamp() WHERE id = currval('purge_statements_id_seq');
+          RETURN NULL;
+        END $$;
+        CREATE TRIGGER purge_statement_starts BEFORE DELETE ON idempotency_keys
+          FOR EACH STATEMENT EXECUTE FUNCTION purge_statement_starts();
+        CREATE TRIGGER purge_statement_ends AFTER DELETE ON idempotency_keys
+          FOR EACH STATEMENT EXECUTE FUNCTION purge_statement_ends();`);
+      const counts = await Promise.all(
+        [first, second].map(({ store }) => store.purgeExpired({ batchSize: 10, skipIfBusy: false })),
+      );
       expect(counts[0] + counts[1]).toBe(120);
       const [{ statements, overlapping }] = await first.dataSource.query(
         `SELECT (SELECT count(*)::int FROM purge_statements) AS statements,

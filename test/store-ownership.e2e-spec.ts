@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { DataSource } from 'typeorm';
-import { CreateIdempotencyKeys1764288000000 } from '../src';
-import type { ClaimOutcome, ClaimRequest, RecordOwner } from '../src/store/idempotency.store';
+import type { DataSource } from 'typeorm';
+import type { ClaimRequest } from '../src/store/idempotency.store';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
+import { claimedOwner, migratedDataSource } from './support/store-harness';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
 
 // A released claim is over: a renewal or a completion its owner had already sent when it released
@@ -14,8 +14,7 @@ describe('A release ends the ownership of a claim', () => {
 
   beforeAll(async () => {
     database = await createTestDatabase();
-    dataSource = new DataSource({ type: 'postgres', url: database.url, migrations: [CreateIdempotencyKeys1764288000000], migrationsRun: true });
-    await dataSource.initialize();
+    dataSource = await migratedDataSource(database.url);
     store = new PostgresIdempotencyStore(dataSource);
   });
   afterAll(async () => {
@@ -23,15 +22,20 @@ describe('A release ends the ownership of a claim', () => {
     await database?.drop();
   });
 
-  const request = (key: string, fingerprint = 'a'.repeat(64)): ClaimRequest => ({ scope: 'scope', key, fingerprint, lease: 60_000, ttl: 60_000 });
-  const owner = (outcome: ClaimOutcome): RecordOwner => {
-    if (outcome.kind !== 'claimed') throw new Error(`expected a claim, got ${outcome.kind}`);
-    return outcome.owner;
-  };
+  const request = (key: string, fingerprint = 'a'.repeat(64)): ClaimRequest => ({
+    scope: 'scope',
+    key,
+    fingerprint,
+    lease: 60_000,
+    ttl: 60_000,
+  });
+  const late = { status: 201, headers: {}, body: Buffer.from('late') };
+  const released = { leaseOver: true, expired: true, responseStatus: null };
   const record = async (key: string) =>
     (
       await dataSource.query(
-        `SELECT lease_expires_at <= now() AS lease_over, expires_at <= now() AS expired, response_status
+        `SELECT lease_expires_at <= now() AS "leaseOver", expires_at <= now() AS expired,
+                response_status AS "responseStatus"
          FROM idempotency_keys WHERE api_key_id = 'scope' AND idem_key = $1`,
         [key],
       )
@@ -39,36 +43,35 @@ describe('A release ends the ownership of a claim', () => {
 
   it('refuses a renewal and a completion sent after the release, and lets the next claim take the key', async () => {
     const key = randomUUID();
-    const claimed = owner(await store.claim(request(key)));
+    const claimed = claimedOwner(await store.claim(request(key)));
     expect(await store.release(claimed)).toBe(true);
 
     expect(await store.renew(claimed, 60_000)).toBe(false);
-    expect(await record(key)).toEqual({ lease_over: true, expired: true, response_status: null });
+    expect(await record(key)).toEqual(released);
 
-    expect(await store.complete(claimed, { status: 201, headers: {}, body: Buffer.from('late') })).toBe(false);
-    expect(await record(key)).toEqual({ lease_over: true, expired: true, response_status: null });
+    expect(await store.complete(claimed, late)).toBe(false);
+    expect(await record(key)).toEqual(released);
 
-    const next = owner(await store.claim(request(key)));
+    const next = claimedOwner(await store.claim(request(key)));
     expect(next.fence).not.toBe(claimed.fence);
   });
 
   it('refuses a completion sent after the release: the record stays released', async () => {
     const key = randomUUID();
-    const claimed = owner(await store.claim(request(key)));
+    const claimed = claimedOwner(await store.claim(request(key)));
     expect(await store.release(claimed)).toBe(true);
-    expect(await store.complete(claimed, { status: 201, headers: {}, body: Buffer.from('late') })).toBe(false);
-    expect(await record(key)).toEqual({ lease_over: true, expired: true, response_status: null });
+    expect(await store.complete(claimed, late)).toBe(false);
+    expect(await record(key)).toEqual(released);
   });
 
   it('lets the next claim take a released key whatever its fingerprint', async () => {
     const key = randomUUID();
-    const claimed = owner(await store.claim(request(key)));
-    expect(await store.release(claimed)).toBe(true);
+    expect(await store.release(claimedOwner(await store.claim(request(key))))).toBe(true);
     expect((await store.claim(request(key, 'b'.repeat(64)))).kind).toBe('claimed');
   });
 
   it('refuses a second release of the same claim', async () => {
-    const claimed = owner(await store.claim(request(randomUUID())));
+    const claimed = claimedOwner(await store.claim(request(randomUUID())));
     expect(await store.release(claimed)).toBe(true);
     expect(await store.release(claimed)).toBe(false);
   });
