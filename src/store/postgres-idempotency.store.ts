@@ -210,7 +210,10 @@ const PURGE_BATCH: PreparedStatement = {
  * the session that took a session-level lock may serve another client, or never be asked to unlock.
  */
 const PURGE_LOCK_ID = 7_305_219_447_001;
-const TAKE_PURGE_LOCK = { try: 'SELECT pg_try_advisory_xact_lock($1) AS locked', wait: 'SELECT true AS locked FROM pg_advisory_xact_lock($1)' };
+const TAKE_PURGE_LOCK = {
+  try: 'SELECT pg_try_advisory_xact_lock($1) AS locked',
+  wait: 'SELECT true AS locked FROM pg_advisory_xact_lock($1)',
+};
 
 /** How many times a claim is re-asked after losing a race for the key. */
 const CLAIM_ATTEMPTS = 5;
