@@ -5,7 +5,8 @@ import { IdempotencyService } from './idempotency.service';
 
 /**
  * The scheduled purge: an interval the module starts and stops itself, so the host needs no
- * ScheduleModule. A run is skipped while another instance holds the purge lock.
+ * ScheduleModule. A run never starts while the previous one still runs, and stops as soon as it
+ * finds another instance holding the purge lock.
  */
 @Injectable()
 export class IdempotencyPurgeTask implements OnApplicationBootstrap, OnApplicationShutdown {

@@ -13,8 +13,8 @@ export class IdempotencyService {
   ) {}
 
   /**
-   * Deletes every expired record that no live claim holds, in batches, and returns how many. Waits
-   * for a purge running on another instance to finish first, unless `skipIfBusy` (then returns 0).
+   * Deletes every expired record that no live claim holds, in batches, and returns how many. While
+   * another instance purges a batch, waits its turn, or with `skipIfBusy` stops and leaves the rest to it.
    */
   async purgeExpired(options: { skipIfBusy?: boolean } = {}): Promise<number> {
     const startedAt = performance.now();

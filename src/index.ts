@@ -16,5 +16,6 @@ export { bearerTokenScope } from './idempotency-scope';
 export { IDEMPOTENCY_CHANNELS, type IdempotencyEvent, type IdempotencyEventName } from './idempotency-events';
 export { IdempotencyKeyEntity } from './store/idempotency-key.entity';
 export { CreateIdempotencyKeys1764288000000 } from './store/create-idempotency-keys.migration';
+export { CreatePartitionedIdempotencyKeys1764288000000 } from './store/create-partitioned-idempotency-keys.migration';
 export { IdempotencyStore } from './store/idempotency.store';
 export type { ClaimOutcome, ClaimRequest, RecordId, RecordOwner, StoreTransaction, StoredResponse } from './store/idempotency.store';

@@ -19,7 +19,7 @@ export class IdempotencyKeyEntity {
   @Column({ name: 'fingerprint', type: 'varchar', length: 64 })
   fingerprint: string;
 
-  /** Fencing token: bumped on every takeover, checked by renew/complete/release. */
+  /** Fencing token: bumped on every takeover and release, checked by renew/complete/release. */
   @Column({ name: 'fence', type: 'integer' })
   fence: number;
 

@@ -15,11 +15,14 @@ import { RecordedKeyRate, type ClaimOpening } from './recorded-key-rate';
 import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner';
 import { StatementBatcher } from './statement-batcher';
 
-// A record may be taken over when its TTL is over (unless a live claim still holds it), or when
-// it is in flight, its lease has run out (the owner crashed or released it) and the request is
-// the same one. Written once and used in both the look-up and the take-over below.
-const claimable = (row: string, fingerprint: string) => `(
-  (${row}.expires_at <= now() AND (${row}.response_status IS NOT NULL OR ${row}.lease_expires_at <= now()))
+// A record whose TTL is over and that no live claim holds: purged, or taken over by any request.
+const expired = (row: string) =>
+  `(${row}.expires_at <= now() AND (${row}.response_status IS NOT NULL OR ${row}.lease_expires_at <= now()))`;
+
+// A record may be taken over when it is expired, or when it is in flight, its lease has run out
+// (the owner crashed) and the request is the same one. Written once and used in both the look-up
+// and the take-over below.
+const claimable = (row: string, fingerprint: string) => `(${expired(row)}
   OR (${row}.response_status IS NULL AND ${row}.lease_expires_at <= now() AND ${row}.fingerprint = ${fingerprint}))`;
 
 // pg reads bytea as hex text, so a body costs several times its size while it is read. Bodies up
@@ -180,24 +183,37 @@ const COMPLETE_MANY: PreparedStatement = {
          RETURNING k.api_key_id, k.idem_key, k.fence`,
 };
 
-// Releasing ends the record's life now instead of deleting it, so its fencing token survives and
-// the next claim bumps it: an old owner can never match the record of a later claim.
+// Releasing ends the record's life now instead of deleting it, so its fencing token survives: an
+// old owner can never match the record of a later claim. The token is bumped too, which ends the
+// ownership itself: a renewal or completion still on its way when the key was released matches nothing.
 const RELEASE: PreparedStatement = {
-  name: 'idempotency_release_v1',
-  text: `UPDATE idempotency_keys SET expires_at = now(), lease_expires_at = now() WHERE ${OWNED}`,
+  name: 'idempotency_release_v2',
+  text: `UPDATE idempotency_keys SET expires_at = now(), lease_expires_at = now(), fence = fence + 1 WHERE ${OWNED}`,
 };
 
+/**
+ * Deletes up to $1 expired records, skipping those another transaction holds. Records are picked by
+ * their primary key, never by ctid: a ctid is unique only inside one partition of a partitioned table.
+ */
 const PURGE_BATCH: PreparedStatement = {
-  name: 'idempotency_purge_batch_v1',
+  name: 'idempotency_purge_batch_v2',
   text: `
-    DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-      SELECT ctid FROM idempotency_keys
-      WHERE expires_at <= now() AND (response_status IS NOT NULL OR lease_expires_at <= now())
-      LIMIT $1 FOR UPDATE SKIP LOCKED))`,
+    DELETE FROM idempotency_keys k USING (
+      SELECT e.api_key_id, e.idem_key FROM idempotency_keys e WHERE ${expired('e')} LIMIT $1 FOR UPDATE SKIP LOCKED
+    ) d
+    WHERE k.api_key_id = d.api_key_id AND k.idem_key = d.idem_key AND ${expired('k')}`,
 };
 
-/** Session-level advisory lock id that lets only one instance purge at a time ("idempotency purge"). */
+/**
+ * The advisory lock that lets only one instance purge a batch at a time ("idempotency purge"). Taken
+ * per transaction, never per session: behind a transaction pooler (PgBouncer pool_mode = transaction)
+ * the session that took a session-level lock may serve another client, or never be asked to unlock.
+ */
 const PURGE_LOCK_ID = 7_305_219_447_001;
+const TAKE_PURGE_LOCK = {
+  try: 'SELECT pg_try_advisory_xact_lock($1) AS locked',
+  wait: 'SELECT true AS locked FROM pg_advisory_xact_lock($1)',
+};
 
 /** How many times a claim is re-asked after losing a race for the key. */
 const CLAIM_ATTEMPTS = 5;
@@ -329,29 +345,34 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     return (await this.run(RELEASE, ownerValues(owner))).rowCount === 1;
   }
 
-  async purgeExpired(options: { batchSize: number; skipIfBusy: boolean }): Promise<number> {
-    // An advisory lock belongs to a session, so lock, purge and unlock on one connection.
+  async purgeExpired({ batchSize, skipIfBusy }: { batchSize: number; skipIfBusy: boolean }): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const purged = await this.purgeBatch(batchSize, skipIfBusy);
+      // Busy: another instance is purging and takes care of the rest.
+      if (purged === undefined) return total;
+      total += purged;
+      if (purged < batchSize) return total;
+    }
+  }
+
+  /**
+   * One batch in a transaction of its own, so no batch holds its row locks for long and the purge
+   * lock lives no longer than the batch. Undefined when the lock was busy and `skipIfBusy`.
+   */
+  private async purgeBatch(batchSize: number, skipIfBusy: boolean): Promise<number | undefined> {
     const client: PoolClient = await this.pool().connect();
     try {
-      if (options.skipIfBusy) {
-        const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS locked', [PURGE_LOCK_ID]);
-        if (!rows[0].locked) return 0;
-      } else {
-        await client.query('SELECT pg_advisory_lock($1)', [PURGE_LOCK_ID]);
-      }
-      try {
-        let total = 0;
-        for (;;) {
-          // Each batch commits on its own, so no batch holds its row locks for long.
-          const result = await client.query({ name: PURGE_BATCH.name, text: PURGE_BATCH.text, values: [options.batchSize] });
-          total += result.rowCount ?? 0;
-          if ((result.rowCount ?? 0) < options.batchSize) return total;
-        }
-      } finally {
-        await client.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_ID]);
-      }
-    } finally {
+      await client.query('BEGIN');
+      const { rows } = await client.query(TAKE_PURGE_LOCK[skipIfBusy ? 'try' : 'wait'], [PURGE_LOCK_ID]);
+      const purged = rows[0].locked ? await client.query({ ...PURGE_BATCH, values: [batchSize] }) : undefined;
+      await client.query('COMMIT');
       client.release();
+      return purged && (purged.rowCount ?? 0);
+    } catch (error) {
+      // Closing the connection rolls back whatever the batch began, even when it broke.
+      client.release(true);
+      throw error;
     }
   }
 

@@ -36,7 +36,7 @@ import type { NestExpressApplication } from '@nestjs/platform-express';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { DataSource } from 'typeorm';
+import { DataSource, type MigrationInterface } from 'typeorm';
 import { CreateIdempotencyKeys1764288000000, Idempotent, IdempotencyModule, IdempotencyStore, type IdempotencyModuleOptions } from '../../src';
 import type { ClaimOpening, RecordedKeyRate } from '../../src/store/recorded-key-rate';
 
@@ -271,6 +271,8 @@ export interface FixtureSpec {
   platform?: Platform;
   /** Connections in the pool of the app's DataSource. @default 10 */
   poolSize?: number;
+  /** The migration that creates the table. @default CreateIdempotencyKeys1764288000000 */
+  migration?: new () => MigrationInterface;
 }
 
 /** Boots an app with the module on a real port, against the given database. */
@@ -281,7 +283,7 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
         type: 'postgres',
         url: databaseUrl,
         autoLoadEntities: true,
-        migrations: [CreateIdempotencyKeys1764288000000],
+        migrations: [spec.migration ?? CreateIdempotencyKeys1764288000000],
         migrationsRun: true,
         extra: { max: spec.poolSize ?? 10, connectionTimeoutMillis: 2000 },
       }),
