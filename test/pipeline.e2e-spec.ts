@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
 import { PLATFORMS, bootFixture, type FixtureApp } from './support/fixture-app';
 import { hangUp } from './support/hang-up';
-import { authed, send } from './support/http-client';
+import { authed, scopeOf, send } from './support/http-client';
 import { LEDGER_SCHEMA } from './support/ledger-controller';
 import { HeldController, TIMEOUT_MS, TimedController, TornController } from './support/pipeline-controllers';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
@@ -38,6 +38,14 @@ describe.each(PLATFORMS)('Idempotent routes inside the whole pipeline (%s)', (pl
   const post = (path: string, key: string, body: unknown = {}) => send(app.url, { path, headers: authed(token, key), body });
   const record = async (key: string) => (await app.dataSource.query('SELECT * FROM idempotency_keys WHERE idem_key = $1', [key]))[0];
   const ledgerRows = async (note: string) => Number((await app.dataSource.query('SELECT count(*) AS n FROM ledger WHERE note = $1', [note]))[0].n);
+  /** The key's record is in flight and its lease is over (released, or no longer renewed). */
+  const leaseLapsed = async (key: string) =>
+    (
+      await app.dataSource.query(
+        'SELECT lease_expires_at <= now() AS lapsed FROM idempotency_keys WHERE idem_key = $1 AND response_status IS NULL',
+        [key],
+      )
+    )[0]?.lapsed === true;
   const idleInTransaction = async () =>
     Number(
       (
@@ -70,11 +78,38 @@ describe.each(PLATFORMS)('Idempotent routes inside the whole pipeline (%s)', (pl
     await hangUp(server, { path: `/held/${gate}`, headers: authed(token, key), leaveWhen: () => app.probe.count(`held:${gate}`) === 1 });
     // The outer interceptor's gate stays shut: no answer ever comes. Renewals come every third of the 2 s lease.
     await sleep(3000);
-    const [{ lapsed }] = await app.dataSource.query(
-      'SELECT lease_expires_at <= now() AS lapsed FROM idempotency_keys WHERE idem_key = $1 AND response_status IS NULL',
-      [key],
+    expect(await leaseLapsed(key)).toBe(true);
+  });
+
+  it('frees the key of a client that left while its key was being claimed, once Nest tore its Observable handler down', async () => {
+    const key = randomUUID();
+    const gate = `claim-${key}`;
+    // An uncommitted record of the same key holds the app's claim until it rolls back.
+    const blocker = await app.dataSource.createQueryRunner();
+    await blocker.connect();
+    await blocker.startTransaction();
+    await blocker.query(
+      `INSERT INTO idempotency_keys (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
+       VALUES ($1, $2, 'blocker', 1, now(), now() + interval '1 hour', now())`,
+      [scopeOf(token), key],
     );
-    expect(lapsed).toBe(true);
+    const claimWaits = async () =>
+      Number(
+        (
+          await app.dataSource.query(
+            `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+          )
+        )[0].n,
+      ) === 1;
+    try {
+      await hangUp(server, { path: `/torn/leased/${gate}`, headers: authed(token, key), leaveWhen: claimWaits });
+    } finally {
+      await blocker.rollbackTransaction();
+      await blocker.release();
+    }
+    // Released at once: sooner than its 2 s lease could lapse by itself.
+    await waitFor(() => leaseLapsed(key), 1500);
+    expect(app.probe.count(`torn-leased:${gate}`)).toBe(1);
   });
 
   it('commits the transaction of a client that left while an outer interceptor still held the answer', async () => {

@@ -93,10 +93,16 @@ export class TimedController {
   }
 }
 
-/** Transactional handlers that answer with an Observable or a stream, which Nest tears down when the client leaves. */
+/** Handlers that answer with an Observable or a stream, which Nest tears down when the client leaves. */
 @Controller('torn')
 export class TornController {
   constructor(private readonly probe: Probe) {}
+
+  @Post('leased/:gate') @Idempotent()
+  leased(@Param('gate') gate: string) {
+    const n = this.probe.hit(`torn-leased:${gate}`);
+    return from(this.probe.gate(gate).promise).pipe(map(() => ({ n })));
+  }
 
   @Post('observable/:gate') @Idempotent({ transactional: true })
   observable(@Param('gate') gate: string, @Body() body: Note, @IdempotencyTransaction() manager: EntityManager) {
