@@ -271,6 +271,8 @@ export interface FixtureSpec {
   platform?: Platform;
   /** Connections in the pool of the app's DataSource. @default 10 */
   poolSize?: number;
+  /** Runs before the app listens, e.g. to add a platform hook. */
+  configure?: (app: INestApplication) => void;
 }
 
 /** Boots an app with the module on a real port, against the given database. */
@@ -321,6 +323,7 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
     app = express;
   }
   app.useGlobalFilters(new NotFoundFilter(app.get(HttpAdapterHost)));
+  spec.configure?.(app);
   await app.listen(0, '127.0.0.1');
   const { port } = app.getHttpServer().address() as AddressInfo;
   return {
