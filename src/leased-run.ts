@@ -48,7 +48,10 @@ export class LeasedRun {
       const status = captured?.status;
       try {
         if (captured === null || captured.status >= 500) {
-          if (this.options.expiresHeader) exchange.response.removeHeader(this.options.expiresHeader);
+          // Headers already out (a streamed body) can no longer change; the release still must happen.
+          if (this.options.expiresHeader && !exchange.response.headersSent) {
+            exchange.response.removeHeader(this.options.expiresHeader);
+          }
           await this.store.release(owner);
           publishEvent('released', trace, { status });
         } else if (await this.store.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes))) {

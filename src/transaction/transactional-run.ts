@@ -1,5 +1,5 @@
 import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
-import { type Observable, catchError, throwError } from 'rxjs';
+import { type Observable, catchError, finalize, throwError } from 'rxjs';
 import { captureResponse, type CapturedResponse, type Replacement } from '../capture/response-capture';
 import { IdempotencyErrorCode } from '../idempotency.exceptions';
 import { IdempotencyErrors } from '../idempotency-errors';
@@ -38,14 +38,21 @@ export class TransactionalRun {
   ): Observable<unknown> {
     let handlerThrew = false;
     let conflict = false;
+    let ended = false;
+    let handlerSettled = false;
+    let connectionClosed = false;
     requestTransactions.set(request, transaction.manager);
 
-    const rollBack = async (status: number) => {
-      if (this.options.expiresHeader) exchange.response.removeHeader(this.options.expiresHeader);
+    const rollBack = async (status?: number) => {
+      if (this.options.expiresHeader && !exchange.response.headersSent) {
+        exchange.response.removeHeader(this.options.expiresHeader);
+      }
       await transaction.rollback();
       if (owner) publishEvent('released', trace, { status });
     };
     const finish = async (captured: CapturedResponse): Promise<Replacement | void> => {
+      if (ended) return;
+      ended = true;
       const { status } = captured;
       if (status >= 500 || conflict || (handlerThrew && !owner)) return rollBack(status);
       try {
@@ -71,12 +78,27 @@ export class TransactionalRun {
     };
     captureResponse(exchange.response, undefined, finish);
 
+    // A response destroyed instead of ended (a stream that failed midway) never reaches finish: its
+    // transaction ends with it, once the handler is done with the transaction.
+    const abandonIfUnfinished = () => {
+      if (ended || !handlerSettled || !connectionClosed) return;
+      ended = true;
+      void rollBack();
+    };
+    exchange.response.once('close', () => {
+      connectionClosed = true;
+      setImmediate(abandonIfUnfinished);
+    });
     return next.handle().pipe(
       catchError((error: unknown) => {
         handlerThrew = true;
         if (!isTransactionConflict(error)) return throwError(() => error);
         conflict = true;
         return throwError(() => this.errors.exception(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true }));
+      }),
+      finalize(() => {
+        handlerSettled = true;
+        setImmediate(abandonIfUnfinished);
       }),
     );
   }
