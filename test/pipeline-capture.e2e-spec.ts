@@ -1,10 +1,12 @@
 import {
   Controller,
+  type INestApplication,
   InternalServerErrorException,
   Param,
   Post,
   StreamableFile,
 } from '@nestjs/common';
+import type { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Idempotent } from '../src';
@@ -55,6 +57,11 @@ class PipelineController {
   failure(): never {
     this.probe.hit('failure');
     throw new InternalServerErrorException('x'.repeat(2 * MAX_RESPONSE_BYTES));
+  }
+
+  @Post('echo') @Idempotent()
+  echo() {
+    return { n: this.probe.hit('echo'), id: randomUUID() };
   }
 }
 
@@ -130,5 +137,47 @@ describe.each(PLATFORMS)('Capture of answers that go wrong (%s)', (platform) => 
     const retry = await post('/pipeline/failure', key);
     expect(retry.status).toBe(500);
     expect(fixture.probe.count('failure')).toBe(before + 2);
+  });
+});
+
+describe('Headers a Fastify hook set with reply.header() (fastify)', () => {
+  let database: TestDatabase;
+  let fixture: FixtureApp;
+
+  /** Gives each request the id it asks for in x-hook-id, the way a request-id plugin does. */
+  const addRequestIdHook = (app: INestApplication) =>
+    (app as NestFastifyApplication)
+      .getHttpAdapter()
+      .getInstance()
+      .addHook('onRequest', (request, reply, done) => {
+        reply.header('x-request-id', `hook-${String(request.headers['x-hook-id'])}`);
+        done();
+      });
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    const spec = { controllers: [PipelineController], platform: 'fastify' as const, configure: addRequestIdHook };
+    fixture = await bootFixture(database.url, spec);
+  });
+  afterAll(async () => {
+    await fixture?.close();
+    await database?.drop();
+  });
+
+  it('keeps on a replay the excluded x-request-id the hook set for that request, and never stores it', async () => {
+    const token = `tok_${randomUUID()}`;
+    const key = randomUUID();
+    const ask = (id: string) =>
+      rawRequest(fixture.url, { path: '/pipeline/echo', headers: authed(token, key, [['X-Hook-Id', id]]) });
+    const first = await ask('first');
+    expect(first.headers['x-request-id']).toEqual(['hook-first']);
+    const stored = Object.keys((await recordOf(fixture, token, key))?.headers ?? {});
+    expect(stored).toContain('content-type');
+    expect(stored).not.toContain('x-request-id');
+
+    const replay = await ask('second');
+    expect(replay.headers['idempotency-replayed']).toEqual(['true']);
+    expect(replay.body.equals(first.body)).toBe(true);
+    expect(replay.headers['x-request-id']).toEqual(['hook-second']);
   });
 });

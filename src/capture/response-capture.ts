@@ -144,7 +144,12 @@ export function replayResponse(
   extraHeaders: Record<string, string>,
 ): void {
   const original = replaceMethods(response, {
-    writeHead: (() => response) as unknown as ServerResponse['writeHead'],
+    // What writeHead() sets stays on the response, so the kept headers include it: Fastify passes
+    // those a hook set with reply.header() this way.
+    writeHead: ((...args: any[]) => {
+      recordHead(response, args);
+      return response;
+    }) as ServerResponse['writeHead'],
     write: ((_chunk: unknown, encoding?: unknown, callback?: unknown) => {
       settle((typeof encoding === 'function' ? encoding : callback) as WriteCallback | undefined);
       return true;
