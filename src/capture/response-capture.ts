@@ -274,6 +274,8 @@ function recordHead(response: ServerResponse, args: any[]): void {
     const pairs: [string, unknown][] = Array.isArray(headers[0])
       ? headers
       : headers.flatMap((value, i) => (i % 2 === 0 ? [[value, headers[i + 1]]] : []));
+    // As Node does: the array's values replace earlier ones, and a name it repeats keeps each value.
+    for (const [name] of pairs) response.removeHeader(name);
     for (const [name, value] of pairs) response.appendHeader(name, value as string);
   } else if (headers) {
     for (const [name, value] of Object.entries(headers)) if (value !== undefined) response.setHeader(name, value as string);
