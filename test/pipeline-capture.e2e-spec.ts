@@ -68,7 +68,7 @@ class PipelineController {
 /** `body` in chunked transfer coding, as one chunk and the last one. */
 const chunked = (body: string) => Buffer.from(`${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`);
 
-/** Sends a request with a bearer token and key, and one body transfer-encoded as chunks. */
+/** A keyed request whose body is sent in chunks, of a type no parser reads on Express. */
 const chunkedRequest = (path: string, token: string, key: string, body: string): RawRequest => ({
   path,
   headers: authed(token, key, [['Content-Type', 'application/octet-stream'], ['Transfer-Encoding', 'chunked']]),
@@ -92,7 +92,7 @@ async function recordOf(fixture: FixtureApp, token: string, key: string): Promis
   return row;
 }
 
-// Streams that fail, large error bodies and bodies no parser read, on a leased route.
+// Streams that fail, error bodies past the capture's cap, and bodies no parser read.
 describe.each(PLATFORMS)('Capture of answers that go wrong (%s)', (platform) => {
   let database: TestDatabase;
   let fixture: FixtureApp;
