@@ -85,8 +85,8 @@ export function captureResponse(
     if (ended) return false;
     if (streaming) return original.write.call(response, chunk, encoding, callback);
     if (!wrote) {
-      // Else a file stream that fails now gets an error answer appended to its bytes (Nest,
-      // Fastify) instead of the aborted response Node's headersSent makes them choose.
+      // As Node's write() does: a file stream that then fails is aborted by Nest and Fastify,
+      // which would otherwise append an error answer to the bytes already written.
       wrote = true;
       Object.defineProperty(response, 'headersSent', { value: true, configurable: true });
     }
