@@ -8,7 +8,10 @@ export type IdempotencyScopeResolver = (request: any) => string | undefined | Pr
 export interface IdempotencyModuleOptions {
   /** How long a key is remembered, in milliseconds, from its first claim. @default 86_400_000 (24 h) */
   ttl?: number;
-  /** How long an in-flight claim is held without renewal before a retry may take it over, in ms. @default 30_000 */
+  /**
+   * How long an in-flight claim is held without renewal before a retry may take it over, in ms;
+   * shorter than `ttl`. @default 30_000, or half the `ttl` when that is shorter
+   */
   lease?: number;
   /** Resolves the caller scope. @default SHA-256 hex of the `Authorization: Bearer` token */
   scope?: IdempotencyScopeResolver;
@@ -31,7 +34,7 @@ export interface IdempotencyModuleOptions {
   docsUrl?: (code: string) => string;
   /** Isolation level of transactional routes. @default 'READ COMMITTED' */
   isolation?: IsolationLevel;
-  /** Interval of the scheduled purge of expired records, in ms; 0 turns it off. @default 600_000 (10 min) */
+  /** Interval of the scheduled purge of expired records, in ms, at most 2^31 − 1; 0 turns it off. @default 600_000 */
   purgeInterval?: number;
   /** Rows deleted per purge statement, so a purge never holds many row locks at once. @default 1_000 */
   purgeBatchSize?: number;

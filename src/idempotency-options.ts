@@ -6,9 +6,8 @@ import type { IsolationLevel } from './store/idempotency.store';
 /** Injection token of the options with their defaults applied. */
 export const RESOLVED_IDEMPOTENCY_OPTIONS = Symbol('idempotency:resolved-options');
 
-const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource'> = {
+const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease'> = {
   ttl: 24 * 60 * 60 * 1000,
-  lease: 30_000,
   scope: bearerTokenScope,
   onUnresolvedScope: 'reject',
   conflictStatus: 409,
@@ -22,6 +21,12 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource'> = {
   purgeBatchSize: 1000,
 };
 
+/** The lease when none is set, unless half the TTL is shorter. */
+const DEFAULT_LEASE = 30_000;
+
+/** Node runs a timer with a longer delay after 1 ms instead. */
+const LONGEST_TIMER = 2 ** 31 - 1;
+
 const ISOLATION_LEVELS: IsolationLevel[] = ['READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE'];
 
 /** Applies the defaults once and rejects options that cannot work, saying how to fix them. */
@@ -34,6 +39,13 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
     }
   };
   positive('ttl');
+  if (resolved.lease === undefined) {
+    if (resolved.ttl < 2) {
+      const problem = `IdempotencyModule option "ttl" (${resolved.ttl} ms) leaves no room for a lease`;
+      throw new IdempotencyConfigurationError(`${problem}, which must be shorter; raise the ttl.`);
+    }
+    resolved.lease = Math.min(DEFAULT_LEASE, Math.floor(resolved.ttl / 2));
+  }
   positive('lease');
   positive('maxResponseBytes');
   positive('purgeBatchSize');
@@ -42,6 +54,13 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
   }
   if (!Number.isInteger(resolved.purgeInterval) || resolved.purgeInterval < 0) {
     throw new IdempotencyConfigurationError(`IdempotencyModule option "purgeInterval" must be 0 (off) or a positive number of ms; got ${String(resolved.purgeInterval)}.`);
+  }
+  if (resolved.purgeInterval > LONGEST_TIMER) {
+    throw new IdempotencyConfigurationError(
+      `IdempotencyModule option "purgeInterval" must be at most ${LONGEST_TIMER} ms (about 24.8 days), ` +
+        `the longest delay a Node timer keeps; got ${resolved.purgeInterval}. ` +
+        'Lower it, or set 0 and call IdempotencyService.purgeExpired() on a schedule of your own.',
+    );
   }
   if (!ISOLATION_LEVELS.includes(resolved.isolation)) {
     throw new IdempotencyConfigurationError(`IdempotencyModule option "isolation" must be one of ${ISOLATION_LEVELS.join(', ')}; got ${String(resolved.isolation)}.`);

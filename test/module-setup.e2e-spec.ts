@@ -193,10 +193,16 @@ describe('Module setup', () => {
     expect(unscoped[0].body.equals(unscoped[1].body)).toBe(false);
   });
 
+  it('starts with a TTL shorter than the default lease, and serves', async () => {
+    const { url } = await boot([typeorm(), IdempotencyModule.forRoot({ ttl: 3000 })]);
+    expect(await conflictStatus(url)).toBe(409);
+  });
+
   it.each([
     ['a TTL of 0', { ttl: 0 }, /"ttl" must be a positive integer/],
     ['a lease as long as the TTL', { ttl: 1000, lease: 1000 }, /"lease" \(1000 ms\) must be shorter than "ttl"/],
     ['a negative purge interval', { purgeInterval: -1 }, /"purgeInterval" must be 0/],
+    ['a purge interval longer than a timer can wait', { purgeInterval: 2 ** 31 }, /"purgeInterval" must be at most/],
     ['an unknown isolation level', { isolation: 'CHAOS' as never }, /"isolation" must be one of/],
   ])('refuses %s at bootstrap, saying how to fix it', async (_name, options, message) => {
     // The DataSource is not connected: a failed bootstrap must leave no pool behind.

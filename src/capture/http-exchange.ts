@@ -9,7 +9,7 @@ export interface HttpExchange {
   url: string;
   /** The body as the platform's parser left it. */
   body: unknown;
-  /** The request carried a body. */
+  /** The request may carry a body: a declared length above 0, or chunks. */
   hasBody: boolean;
 }
 
@@ -28,8 +28,8 @@ export function toHttpExchange(request: any, response: any): HttpExchange {
     method: raw.method ?? 'GET',
     url: request.originalUrl ?? raw.url ?? '/',
     body: request.body,
-    // A chunked request counts as having a body only if a parser found one in it: an empty
-    // chunked request is the same request as one with no body.
-    hasBody: (length !== undefined && length !== '0') || (headers['transfer-encoding'] !== undefined && request.body !== undefined),
+    // A chunked body no parser read may hold anything, so it counts as a body (and one that is
+    // never the same as another's); only a declared length of 0 is surely no body.
+    hasBody: (length !== undefined && length !== '0') || headers['transfer-encoding'] !== undefined,
   };
 }

@@ -2,7 +2,7 @@ import { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import express from 'express';
 import request from 'supertest';
-import { captureResponse, replayResponse } from './response-capture';
+import { captureResponse, replayResponse, type CapturedResponse } from './response-capture';
 
 const WRITE_METHODS = ['writeHead', 'write', 'end'];
 
@@ -115,5 +115,55 @@ describe('replayResponse and captureResponse on a response whose prototype was r
     expect(await captured).toBeNull();
     await new Promise(setImmediate);
     expect(written).toEqual(['end:stored', 'write:abcdef', 'end:gh']);
+  });
+});
+
+describe('Content-Length of what is sent', () => {
+  it('is the length of the body written, when the app declared another (res.send() after a write())', async () => {
+    const app = express();
+    const captured: CapturedResponse[] = [];
+    app.post('/', (_request, response) => {
+      captureResponse(response, undefined, async (value) => void captured.push(value));
+      response.write('abc');
+      response.send('de');
+    });
+
+    const answer = await request(app).post('/');
+
+    expect([answer.text, answer.headers['content-length']]).toEqual(['abcde', '5']);
+    expect(captured[0].headers['content-length']).toBe(5);
+  });
+
+  it('is the length of the stored body on a replay, whatever the stored headers say', async () => {
+    const app = express();
+    app.post('/', (_request, response) => {
+      const stored = { status: 200, headers: { 'content-length': '11' }, body: Buffer.from('stored body, whole') };
+      replayResponse(response, stored, () => false, {});
+      response.end();
+    });
+
+    const answer = await request(app).post('/');
+
+    expect([answer.text, answer.headers['content-length']]).toEqual(['stored body, whole', '18']);
+  });
+});
+
+describe('writeHead() while a response is captured', () => {
+  it.each([
+    ['flat', ['x-a', '1', 'x-a', '2', 'x-b', '3']],
+    ['nested', [['x-a', '1'], ['x-a', '2'], ['x-b', '3']]],
+  ])('with a %s header array replaces earlier values of those headers, as Node does', async (_form, headers) => {
+    const response = new ServerResponse(new IncomingMessage(new Socket()));
+    response.setHeader('x-a', '0');
+    response.setHeader('x-b', '0');
+    response.setHeader('x-c', 'kept');
+    const captured = new Promise<CapturedResponse>((resolve) => {
+      captureResponse(response, undefined, async (value) => resolve(value));
+    });
+
+    response.writeHead(201, headers as string[]);
+    response.end();
+
+    expect((await captured).headers).toEqual({ 'x-a': ['1', '2'], 'x-b': '3', 'x-c': 'kept' });
   });
 });

@@ -50,6 +50,11 @@ const WRITE_METHODS = ['writeHead', 'write', 'end'] as const;
  * A body past `streamPast` bytes stops being held: what was held is flushed, the rest streams
  * through, and `onEnd` receives `body: null` (it can no longer replace the response); the end of
  * the response still waits for `onEnd`. Without `streamPast` the whole body is held.
+ *
+ * After a write(), `headersSent` reads true, as Node's does; so an app whose body then fails
+ * destroys the response rather than ending it, and a response destroyed before its end never
+ * reaches `onEnd` (its owner learns of it from the response's 'close'). What is sent declares the
+ * length of what was written, whatever length the app declared.
  */
 export function captureResponse(
   response: ServerResponse,
@@ -62,6 +67,7 @@ export function captureResponse(
   let size = 0;
   let streaming = false;
   let ended = false;
+  let wrote = false;
 
   const startStreaming = () => {
     streaming = true;
@@ -86,6 +92,12 @@ export function captureResponse(
     if (ended) return false;
     progress.bodyStarted = true;
     if (streaming) return original.write.call(response, chunk, encoding, callback);
+    if (!wrote) {
+      // As Node's write() does: a file stream that then fails is aborted by Nest and Fastify,
+      // which would otherwise append an error answer to the bytes already written.
+      wrote = true;
+      Object.defineProperty(response, 'headersSent', { value: true, configurable: true });
+    }
     const buffer = toBuffer(chunk, encoding);
     chunks.push(buffer);
     size += buffer.length;
@@ -97,6 +109,7 @@ export function captureResponse(
   function captureEnd(chunk?: any, encoding?: any, callback?: any) {
     if (ended) return response;
     ended = true;
+    if (wrote) delete (response as { headersSent?: boolean }).headersSent;
     if (typeof chunk === 'function') [chunk, callback] = [undefined, chunk];
     if (typeof encoding === 'function') [encoding, callback] = [undefined, encoding];
     let tail: Buffer | undefined;
@@ -111,6 +124,9 @@ export function captureResponse(
     if (!streaming && size > maxBytes) startStreaming();
     // One chunk (res.send, res.json) is the body as it is: no copy.
     const body = streaming ? null : chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
+    // What was written decides, not what was declared (e.g. by res.send() after a write()).
+    const declared = response.getHeader('content-length');
+    if (body !== null && declared !== undefined && Number(declared) !== size) response.setHeader('content-length', size);
     const captured: CapturedResponse = { status: response.statusCode, headers: response.getHeaders(), body };
     // Whatever onEnd does (it must not throw), the client gets an answer afterwards.
     void onEnd(captured)
@@ -138,7 +154,12 @@ export function replayResponse(
   extraHeaders: Record<string, string>,
 ): void {
   const original = replaceMethods(response, {
-    writeHead: (() => response) as unknown as ServerResponse['writeHead'],
+    // What writeHead() sets stays on the response, so the kept headers include it: Fastify passes
+    // those a hook set with reply.header() this way.
+    writeHead: ((...args: any[]) => {
+      recordHead(response, args);
+      return response;
+    }) as ServerResponse['writeHead'],
     write: ((_chunk: unknown, encoding?: unknown, callback?: unknown) => {
       settle((typeof encoding === 'function' ? encoding : callback) as WriteCallback | undefined);
       return true;
@@ -163,6 +184,8 @@ function sendInstead(
   for (const name of response.getHeaderNames()) if (!keepHeader(name)) response.removeHeader(name);
   for (const [name, value] of Object.entries(replacement.headers)) response.setHeader(name, value);
   for (const [name, value] of Object.entries(extraHeaders)) response.setHeader(name, value);
+  // Whatever declared a length (a kept header, a record stored before lengths were checked), the body's is sent.
+  if (response.hasHeader('content-length')) response.setHeader('content-length', replacement.body.length);
   response.statusCode = replacement.status;
   response.end(replacement.body, callback);
 }
@@ -261,6 +284,8 @@ function recordHead(response: ServerResponse, args: any[]): void {
     const pairs: [string, unknown][] = Array.isArray(headers[0])
       ? headers
       : headers.flatMap((value, i) => (i % 2 === 0 ? [[value, headers[i + 1]]] : []));
+    // As Node does: the array's values replace earlier ones, and a name it repeats keeps each value.
+    for (const [name] of pairs) response.removeHeader(name);
     for (const [name, value] of pairs) response.appendHeader(name, value as string);
   } else if (headers) {
     for (const [name, value] of Object.entries(headers)) if (value !== undefined) response.setHeader(name, value as string);

@@ -6,6 +6,8 @@ export interface RawResponse {
   headers: Record<string, string[]>;
   body: Buffer;
   json: any;
+  /** Bytes the server sent past the Content-Length it declared: a desynchronised connection. */
+  excess: Buffer;
   /** The socket error, if any (e.g. a reset after the server refused a body it would not read). */
   error?: string;
 }
@@ -70,7 +72,7 @@ export function rawRequest(baseUrl: string, req: RawRequest): Promise<RawRespons
 
 function parseResponse(bytes: Buffer, error: string | undefined): RawResponse {
   const end = bytes.indexOf('\r\n\r\n');
-  if (end < 0) return { status: 0, headers: {}, body: Buffer.alloc(0), json: undefined, error: error ?? 'no answer' };
+  if (end < 0) return { status: 0, headers: {}, body: Buffer.alloc(0), json: undefined, excess: Buffer.alloc(0), error: error ?? 'no answer' };
   const [statusLine, ...headerLines] = bytes.subarray(0, end).toString('latin1').split('\r\n');
   const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0);
   const headers: Record<string, string[]> = {};
@@ -80,15 +82,19 @@ function parseResponse(bytes: Buffer, error: string | undefined): RawResponse {
     (headers[name] ??= []).push(line.slice(colon + 1).trim());
   }
   let body = bytes.subarray(end + 4);
+  let excess: Buffer = Buffer.alloc(0);
   if (headers['transfer-encoding']?.some((value) => /chunked/i.test(value))) body = dechunk(body);
-  else if (headers['content-length']) body = body.subarray(0, Number(headers['content-length'][0]));
+  else if (headers['content-length']) {
+    excess = body.subarray(Number(headers['content-length'][0]));
+    body = body.subarray(0, Number(headers['content-length'][0]));
+  }
   let json: unknown;
   try {
     json = JSON.parse(body.toString('utf8'));
   } catch {
     json = undefined;
   }
-  return { status, headers, body, json, error };
+  return { status, headers, body, json, excess, error };
 }
 
 function dechunk(bytes: Buffer): Buffer {

@@ -273,6 +273,8 @@ export interface FixtureSpec {
   poolSize?: number;
   /** The migration that creates the table. @default CreateIdempotencyKeys1764288000000 */
   migration?: new () => MigrationInterface;
+  /** Runs before the app listens, e.g. to add a platform hook. */
+  configure?: (app: INestApplication) => void;
 }
 
 /** Boots an app with the module on a real port, against the given database. */
@@ -323,6 +325,7 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
     app = express;
   }
   app.useGlobalFilters(new NotFoundFilter(app.get(HttpAdapterHost)));
+  spec.configure?.(app);
   await app.listen(0, '127.0.0.1');
   const { port } = app.getHttpServer().address() as AddressInfo;
   return {
