@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
-import { PLATFORMS, bootFixture, type FixtureApp } from './support/fixture-app';
+import type { INestApplication } from '@nestjs/common';
+import { PLATFORMS, Probe, ThingsController, bootFixture, type FixtureApp } from './support/fixture-app';
 import { hangUp } from './support/hang-up';
 import { authed, scopeOf, send } from './support/http-client';
 import { LEDGER_SCHEMA } from './support/ledger-controller';
@@ -187,4 +188,45 @@ describe.each(PLATFORMS)('Idempotent routes inside the whole pipeline (%s)', (pl
       expect(replay.body.equals(retry.body)).toBe(true);
     },
   );
+});
+
+// A Fastify hook that still works after the handler settled (as @fastify/compress's onSend does).
+describe('Idempotent routes behind an async Fastify onSend hook', () => {
+  let database: TestDatabase;
+  let app: FixtureApp;
+  const token = `tok_${randomUUID()}`;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    const holdOnSend = (nest: INestApplication) => {
+      const probe = nest.get(Probe);
+      nest.getHttpAdapter().getInstance().addHook('onSend', async (request: { headers: Record<string, string> }, _reply: unknown, payload: unknown) => {
+        const gate = request.headers['x-hold'];
+        if (gate) await probe.gate(gate).promise;
+        return payload;
+      });
+    };
+    app = await bootFixture(database.url, { controllers: [ThingsController], platform: 'fastify', configure: holdOnSend });
+  });
+  afterAll(async () => {
+    await app?.close();
+    await database?.drop();
+  });
+  afterEach(() => app?.probe.openAll());
+
+  it('keeps the key of a client that left while the hook held the answer, then stores that answer', async () => {
+    const key = randomUUID();
+    const gate = `onsend-${key}`;
+    const headers = authed(token, key, [['x-hold', gate]]);
+    await hangUp(app.app.getHttpServer(), { path: '/things', headers, leaveWhen: () => app.probe.count('create') === 1 });
+    const duplicate = send(app.url, { path: '/things', headers: authed(token, key), body: {} });
+    await sleep(300);
+    expect(app.probe.count('create')).toBe(1);
+    app.probe.gate(gate).open();
+    expect((await duplicate).status).toBe(409);
+    await waitFor(async () => (await app.dataSource.query('SELECT response_status FROM idempotency_keys WHERE idem_key = $1', [key]))[0]?.response_status === 201);
+    const retry = await send(app.url, { path: '/things', headers: authed(token, key), body: {} });
+    expect(retry.headers['idempotency-replayed']).toBe('true');
+    expect(retry.json.created).toBe(1);
+  });
 });
