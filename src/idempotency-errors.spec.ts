@@ -2,8 +2,12 @@ import { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import type { HttpExchange } from './capture/http-exchange';
 import { IdempotencyErrors } from './idempotency-errors';
-import type { IdempotencyErrorDetails } from './idempotency.exceptions';
-import { resolveOptions } from './idempotency-options';
+import { defaultDocsUrl, formatErrorEnvelope, type IdempotencyErrorDetails } from './idempotency.exceptions';
+import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
+
+// Only the options the errors read, so that this spec exercises nothing of resolveOptions.
+const withOptions = (options: Pick<ResolvedIdempotencyOptions, 'formatError' | 'docsUrl' | 'expiresHeader'>) =>
+  new IdempotencyErrors(options as ResolvedIdempotencyOptions);
 
 /** An exchange over real, unconnected Node request and response objects. */
 function exchange(requestIdHeader?: string): HttpExchange {
@@ -13,7 +17,7 @@ function exchange(requestIdHeader?: string): HttpExchange {
 }
 
 describe('IdempotencyErrors', () => {
-  const errors = new IdempotencyErrors(resolveOptions());
+  const errors = withOptions({ formatError: formatErrorEnvelope, docsUrl: defaultDocsUrl, expiresHeader: false });
 
   describe('exception', () => {
     it('renders the Patomic envelope with the code, its param, docs URL and the request id', () => {
@@ -65,9 +69,8 @@ describe('IdempotencyErrors', () => {
   describe('replacement', () => {
     // Renders the details as they are, to show what the replacement was built from.
     const formatError = (details: IdempotencyErrorDetails) => ({ ...details });
-    const custom = new IdempotencyErrors(
-      resolveOptions({ formatError, docsUrl: (code) => `https://errors.test/${code}`, expiresHeader: 'x-key-expires' }),
-    );
+    const docsUrl = (code: string) => `https://errors.test/${code}`;
+    const custom = withOptions({ formatError, docsUrl, expiresHeader: 'x-key-expires' });
 
     it('is a JSON response rendered by formatError, with its status and length', () => {
       const { response } = custom.replacement('idempotency_store_unavailable', exchange('req-2'), { retryAfter: true });
