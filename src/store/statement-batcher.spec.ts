@@ -22,6 +22,8 @@ function doubling(failing: number[] = []) {
 // The batcher sends at setImmediate; an immediate queued after the sends runs after it.
 const endOfTurn = () => new Promise((resolve) => setImmediate(resolve));
 
+const range = (count: number) => Array.from({ length: count }, (_, index) => index);
+
 describe('StatementBatcher', () => {
   it('sends a lone item with the plain statement', async () => {
     const { batcher, sent } = doubling();
@@ -49,9 +51,17 @@ describe('StatementBatcher', () => {
     await expect(Promise.all([...first, later])).resolves.toEqual([2, 4, 6]);
   });
 
+  it('sends 64 waiting items, the most a batch takes, as one batch', async () => {
+    const { batcher, sent } = doubling();
+    const items = range(64);
+    items.forEach((item) => batcher.send(item));
+    await endOfTurn();
+    expect(sent).toEqual({ many: [items], one: [] });
+  });
+
   it('splits more than 64 waiting items into batches of at most 64, a last one of one going alone', async () => {
     const { batcher, sent } = doubling();
-    const items = Array.from({ length: 129 }, (_, index) => index);
+    const items = range(129);
     const results = items.map((item) => batcher.send(item));
     await endOfTurn();
     expect(sent).toEqual({ many: [items.slice(0, 64), items.slice(64, 128)], one: [128] });
