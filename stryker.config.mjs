@@ -16,6 +16,8 @@ export default {
   testRunnerNodeArgs: ['--experimental-vm-modules', '--disable-warning=ExperimentalWarning'],
   coverageAnalysis: 'perTest',
   concurrency: 2,
+  // Every test here takes milliseconds; what exceeds this loops forever. Each timeout costs its worker a restart.
+  timeoutMS: 2500,
   reporters: ['clear-text', 'progress', 'html'],
   // break: just under the score reached, so that a drop (a new survivor) fails the run.
   thresholds: { high: 97, low: 95, break: 95.9 },
