@@ -11,6 +11,10 @@ describe('readRequestKey', () => {
     expect(readRequestKey(['Content-Type', 'application/json'])).toEqual({ kind: 'absent' });
   });
 
+  it('reads no other header, even one with a name as long', () => {
+    expect(readRequestKey(['Accept-Language', 'en', ...lines('abc')])).toEqual({ kind: 'valid', key: 'abc' });
+  });
+
   it.each([
     ['empty', ''],
     ['only spaces', '   '],
@@ -35,6 +39,14 @@ describe('readRequestKey', () => {
 
   it('treats a quoted value as the bare key and trims surrounding spaces', () => {
     expect(readRequestKey(lines(' "abc" '))).toEqual({ kind: 'valid', key: 'abc' });
+  });
+
+  it('trims runs of spaces and tabs', () => {
+    expect(readRequestKey(lines(' \t abc\t  '))).toEqual({ kind: 'valid', key: 'abc' });
+  });
+
+  it.each(['"abc', 'abc"', '"'])('keeps the quote of %s, which has no partner', (key) => {
+    expect(readRequestKey(lines(key))).toEqual({ kind: 'valid', key });
   });
 
   it('accepts 255 printable characters', () => {

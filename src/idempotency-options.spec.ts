@@ -1,0 +1,74 @@
+import { IdempotencyConfigurationError, defaultDocsUrl, formatErrorEnvelope } from './idempotency.exceptions';
+import { resolveOptions } from './idempotency-options';
+import { bearerTokenScope } from './idempotency-scope';
+
+describe('resolveOptions', () => {
+  it('applies the defaults', () => {
+    expect(resolveOptions()).toMatchObject({
+      ttl: 86_400_000,
+      scope: bearerTokenScope,
+      onUnresolvedScope: 'reject',
+      conflictStatus: 409,
+      maxResponseBytes: 1_048_576,
+      expiresHeader: 'idempotency-expires-at',
+      excludeHeaders: ['x-request-id'],
+      formatError: formatErrorEnvelope,
+      docsUrl: defaultDocsUrl,
+      isolation: 'READ COMMITTED',
+      purgeBatchSize: 1000,
+    });
+  });
+
+  it('keeps what the host sets and takes the default for an option set to undefined', () => {
+    const set = { maxResponseBytes: 10, onUnresolvedScope: 'bypass', expiresHeader: false } as const;
+    expect(resolveOptions({ ttl: undefined, ...set })).toMatchObject({ ttl: 86_400_000, ...set });
+  });
+
+  it('lower-cases the excluded headers, as Node reports response header names in lower case', () => {
+    expect(resolveOptions({ excludeHeaders: ['X-Trace-Id', 'etag'] }).excludeHeaders).toEqual(['x-trace-id', 'etag']);
+  });
+
+  it.each(['READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE'] as const)('accepts the isolation level %s', (level) => {
+    expect(resolveOptions({ isolation: level }).isolation).toBe(level);
+  });
+
+  it('names the isolation levels when given another', () => {
+    expect(() => resolveOptions({ isolation: 'READ UNCOMMITTED' as never })).toThrow(
+      'option "isolation" must be one of READ COMMITTED, REPEATABLE READ, SERIALIZABLE; got READ UNCOMMITTED.',
+    );
+  });
+
+  // ttl and lease are set throughout, the lease the shorter, so that only the option under test is wrong.
+  const withOption = (name: string, value: number) => resolveOptions({ ttl: 60_000, lease: 1000, [name]: value });
+
+  it.each(['lease', 'maxResponseBytes', 'purgeBatchSize'] as const)('accepts a %s of 1', (name) => {
+    expect(withOption(name, 1)[name]).toBe(1);
+  });
+
+  describe.each(['ttl', 'lease', 'maxResponseBytes', 'purgeBatchSize'])('%s', (name) => {
+    it.each([0, -1, 1.5, Number.NaN])('rejects %p as not a positive integer, with the fix', (value) => {
+      expect(() => withOption(name, value)).toThrow(
+        `IdempotencyModule option "${name}" must be a positive integer; got ${value}. Remove it to use the default.`,
+      );
+    });
+  });
+
+  it('requires the lease to be shorter than the ttl', () => {
+    expect(resolveOptions({ ttl: 1001, lease: 1000 }).lease).toBe(1000);
+    expect(() => resolveOptions({ ttl: 1000, lease: 1000 })).toThrow(/"lease" \(1000 ms\) must be shorter than "ttl"/);
+  });
+
+  it('accepts a purge interval of 0, which turns the purge off', () => {
+    expect(resolveOptions({ purgeInterval: 0 }).purgeInterval).toBe(0);
+  });
+
+  it.each([-1, 1.5])('rejects the purge interval %p', (purgeInterval) => {
+    expect(() => resolveOptions({ purgeInterval })).toThrow(/option "purgeInterval"/);
+  });
+
+  it('throws errors that say what they are', () => {
+    const misconfigured = () => resolveOptions({ maxResponseBytes: 0 });
+    expect(misconfigured).toThrow(IdempotencyConfigurationError);
+    expect(misconfigured).toThrow(expect.objectContaining({ name: 'IdempotencyConfigurationError' }));
+  });
+});
