@@ -125,7 +125,7 @@ describe('the npm package (npm pack, installed into an app outside the repositor
     }
   });
 
-  it('publishes its frameworks as peer dependencies (swagger optional), no runtime dependencies, and an exports map', async () => {
+  it('publishes its frameworks as peer dependencies (swagger and nestjs-cls optional), no runtime dependencies, and an exports map', async () => {
     const published = await readPackedManifest(tarball);
     expect(published.main).toBe('dist/src/index.js');
     expect(published.types).toBe('dist/src/index.d.ts');
@@ -135,10 +135,11 @@ describe('the npm package (npm pack, installed into an app outside the repositor
       './package.json': './package.json',
     });
     expect(published.dependencies ?? {}).toEqual({});
+    const optional = ['@nestjs/swagger', 'nestjs-cls', '@nestjs-cls/transactional', '@nestjs-cls/transactional-adapter-typeorm'];
     expect(Object.keys(published.peerDependencies).sort()).toEqual(
-      ['@nestjs/common', '@nestjs/core', '@nestjs/swagger', '@nestjs/typeorm', 'pg', 'reflect-metadata', 'rxjs', 'typeorm'].sort(),
+      ['@nestjs/common', '@nestjs/core', '@nestjs/typeorm', 'pg', 'reflect-metadata', 'rxjs', 'typeorm', ...optional].sort(),
     );
-    expect(published.peerDependenciesMeta).toEqual({ '@nestjs/swagger': { optional: true } });
+    expect(published.peerDependenciesMeta).toEqual(Object.fromEntries(optional.map((name) => [name, { optional: true }])));
     // The repository's own install still gets every peer, at the version it is tested with.
     const repository = JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8'));
     for (const peer of Object.keys(published.peerDependencies)) expect(repository.devDependencies[peer]).toMatch(/^\d+\.\d+\.\d+/);
