@@ -3,10 +3,12 @@ import { Socket } from 'node:net';
 import type { HttpExchange } from './capture/http-exchange';
 import { IdempotencyErrors } from './idempotency-errors';
 import { defaultDocsUrl, formatErrorEnvelope, type IdempotencyErrorDetails } from './idempotency.exceptions';
+import { formatProblemDetails } from './problem-details';
 import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
 
 // Only the options the errors read, so that this spec exercises nothing of resolveOptions.
-const withOptions = (options: Pick<ResolvedIdempotencyOptions, 'formatError' | 'docsUrl' | 'expiresHeader'>) =>
+type ReadOptions = 'formatError' | 'docsUrl' | 'expiresHeader' | 'errorFormat';
+const withOptions = (options: Pick<ResolvedIdempotencyOptions, ReadOptions>) =>
   new IdempotencyErrors(options as ResolvedIdempotencyOptions);
 
 /** An exchange over real, unconnected Node request and response objects. */
@@ -17,7 +19,12 @@ function exchange(requestIdHeader?: string): HttpExchange {
 }
 
 describe('IdempotencyErrors', () => {
-  const errors = withOptions({ formatError: formatErrorEnvelope, docsUrl: defaultDocsUrl, expiresHeader: false });
+  const errors = withOptions({
+    formatError: formatErrorEnvelope,
+    docsUrl: defaultDocsUrl,
+    expiresHeader: false,
+    errorFormat: 'patomic',
+  });
 
   describe('exception', () => {
     it('renders the Patomic envelope with the code, its param, docs URL and the request id', () => {
@@ -70,7 +77,7 @@ describe('IdempotencyErrors', () => {
     // Renders the details as they are, to show what the replacement was built from.
     const formatError = (details: IdempotencyErrorDetails) => ({ ...details });
     const docsUrl = (code: string) => `https://errors.test/${code}`;
-    const custom = withOptions({ formatError, docsUrl, expiresHeader: 'x-key-expires' });
+    const custom = withOptions({ formatError, docsUrl, expiresHeader: 'x-key-expires', errorFormat: 'patomic' });
 
     it('is a JSON response rendered by formatError, with its status and length', () => {
       const { response } = custom.replacement('idempotency_store_unavailable', exchange('req-2'), { retryAfter: true });
@@ -101,6 +108,35 @@ describe('IdempotencyErrors', () => {
       const kept = ['x-request-id', 'access-control-allow-origin', 'set-cookie', 'idempotency-expires-at'];
       expect([...dropped, 'x-key-expires'].filter(keepHeader)).toEqual([]);
       expect(kept.filter(keepHeader)).toEqual(kept);
+    });
+  });
+
+  describe("errorFormat: 'problem+json'", () => {
+    const problems = withOptions({
+      formatError: formatProblemDetails,
+      docsUrl: defaultDocsUrl,
+      expiresHeader: false,
+      errorFormat: 'problem+json',
+    });
+
+    it('labels an exception application/problem+json on the response, which the platform keeps for the body', () => {
+      const busy = exchange();
+      const error = problems.exception('idempotency_key_in_use', busy, { retryAfter: true });
+      expect(busy.response.getHeader('content-type')).toBe('application/problem+json');
+      expect(error.getResponse()).toMatchObject({ code: 'idempotency_key_in_use', retryable: true, status: 409 });
+    });
+
+    it('labels a replacement application/problem+json', () => {
+      const { response } = problems.replacement('internal_error', exchange());
+      expect(response.headers['content-type']).toBe('application/problem+json; charset=utf-8');
+      const body = JSON.parse(response.body.toString());
+      expect(body).toMatchObject({ code: 'internal_error', status: 500, retryable: false });
+    });
+
+    it('leaves the content type of a Patomic envelope to the platform', () => {
+      const busy = exchange();
+      errors.exception('idempotency_key_in_use', busy);
+      expect(busy.response.hasHeader('content-type')).toBe(false);
     });
   });
 });

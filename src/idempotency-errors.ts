@@ -4,6 +4,7 @@ import type { Replacement } from './capture/response-capture';
 import { IdempotencyException, describeError, type IdempotencyErrorCode } from './idempotency.exceptions';
 import type { ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
+import { PROBLEM_JSON } from './problem-details';
 
 /** Seconds a client is told to wait before retrying a key that is busy or a store that is down. */
 const RETRY_AFTER_SECONDS = '1';
@@ -20,12 +21,20 @@ export interface ErrorAnswer {
 /** Renders the module's errors with the host's options (formatter, docs URLs), in one place. */
 @Injectable()
 export class IdempotencyErrors {
-  constructor(@Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions) {}
+  private readonly problems: boolean;
 
-  /** An exception for Nest's exception layer to answer with; Retry-After is set on the response. */
+  constructor(@Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions) {
+    this.problems = options.errorFormat === 'problem+json';
+  }
+
+  /**
+   * An exception for Nest's exception layer to answer with; Retry-After and a problem details
+   * media type are set on the response (both platforms keep a JSON media type set there).
+   */
   exception(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer = {}): IdempotencyException {
     const details = this.details(code, exchange, answer);
     if (answer.retryAfter) exchange.response.setHeader('Retry-After', RETRY_AFTER_SECONDS);
+    if (this.problems) exchange.response.setHeader('Content-Type', PROBLEM_JSON);
     return new IdempotencyException(details, this.options.formatError(details));
   }
 
@@ -36,7 +45,10 @@ export class IdempotencyErrors {
   replacement(code: IdempotencyErrorCode, exchange: HttpExchange, answer: ErrorAnswer = {}): Replacement {
     const details = this.details(code, exchange, answer);
     const body = Buffer.from(JSON.stringify(this.options.formatError(details)));
-    const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8', 'content-length': String(body.length) };
+    const headers: Record<string, string> = {
+      'content-type': `${this.problems ? PROBLEM_JSON : 'application/json'}; charset=utf-8`,
+      'content-length': String(body.length),
+    };
     if (answer.retryAfter) headers['retry-after'] = RETRY_AFTER_SECONDS;
     const { expiresHeader } = this.options;
     return {

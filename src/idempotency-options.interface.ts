@@ -28,7 +28,12 @@ export interface IdempotencyModuleOptions {
   expiresHeader?: string | false;
   /** Extra response headers that are neither stored nor replayed (lower case). @default ['x-request-id'] */
   excludeHeaders?: string[];
-  /** Renders the module's errors; the default renders the Patomic envelope. */
+  /**
+   * How the module's errors are rendered: the Patomic envelope (`application/json`), or RFC 9457
+   * problem details (`application/problem+json`); also what the OpenAPI document shows. @default 'patomic'
+   */
+  errorFormat?: 'patomic' | 'problem+json';
+  /** Renders the module's errors, in place of the `errorFormat` rendering (the media type stays the format's). */
   formatError?: (error: IdempotencyErrorDetails) => unknown;
   /** Builds the `docs_url` of an error code. @default code => `https://docs.patomic.dev/errors/<code-with-dashes>` */
   docsUrl?: (code: string) => string;

@@ -1,6 +1,7 @@
 import { IdempotencyConfigurationError, defaultDocsUrl, formatErrorEnvelope } from './idempotency.exceptions';
 import { resolveOptions } from './idempotency-options';
 import { bearerTokenScope } from './idempotency-scope';
+import { formatProblemDetails } from './problem-details';
 
 describe('resolveOptions', () => {
   it('applies the defaults', () => {
@@ -12,6 +13,7 @@ describe('resolveOptions', () => {
       maxResponseBytes: 1_048_576,
       expiresHeader: 'idempotency-expires-at',
       excludeHeaders: ['x-request-id'],
+      errorFormat: 'patomic',
       formatError: formatErrorEnvelope,
       docsUrl: defaultDocsUrl,
       isolation: 'READ COMMITTED',
@@ -70,5 +72,23 @@ describe('resolveOptions', () => {
     const misconfigured = () => resolveOptions({ maxResponseBytes: 0 });
     expect(misconfigured).toThrow(IdempotencyConfigurationError);
     expect(misconfigured).toThrow(expect.objectContaining({ name: 'IdempotencyConfigurationError' }));
+  });
+
+  describe('errorFormat', () => {
+    it("renders errors as problem details with 'problem+json'", () => {
+      expect(resolveOptions({ errorFormat: 'problem+json' }).formatError).toBe(formatProblemDetails);
+    });
+
+    it('leaves the rendering to formatError whichever the format', () => {
+      const formatError = () => 'mine';
+      expect(resolveOptions({ errorFormat: 'problem+json', formatError }).formatError).toBe(formatError);
+      expect(resolveOptions({ formatError }).formatError).toBe(formatError);
+    });
+
+    it('names the formats when given another', () => {
+      expect(() => resolveOptions({ errorFormat: 'rfc7807' as never })).toThrow(
+        'IdempotencyModule option "errorFormat" must be patomic or problem+json; got rfc7807.',
+      );
+    });
   });
 });

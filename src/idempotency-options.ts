@@ -1,6 +1,7 @@
 import { IdempotencyConfigurationError, defaultDocsUrl, formatErrorEnvelope } from './idempotency.exceptions';
 import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { bearerTokenScope } from './idempotency-scope';
+import { formatProblemDetails } from './problem-details';
 import type { IsolationLevel } from './store/idempotency.store';
 
 /** Injection token of the options with their defaults applied. */
@@ -14,6 +15,7 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease'> = {
   maxResponseBytes: 1024 * 1024,
   expiresHeader: 'idempotency-expires-at',
   excludeHeaders: ['x-request-id'],
+  errorFormat: 'patomic',
   formatError: formatErrorEnvelope,
   docsUrl: defaultDocsUrl,
   isolation: 'READ COMMITTED',
@@ -28,6 +30,8 @@ const DEFAULT_LEASE = 30_000;
 const LONGEST_TIMER = 2 ** 31 - 1;
 
 const ISOLATION_LEVELS: IsolationLevel[] = ['READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE'];
+
+const ERROR_FORMATS: string[] = ['patomic', 'problem+json'];
 
 /** Applies the defaults once and rejects options that cannot work, saying how to fix them. */
 export function resolveOptions(options: IdempotencyModuleOptions = {}): ResolvedIdempotencyOptions {
@@ -66,5 +70,12 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
     throw new IdempotencyConfigurationError(`IdempotencyModule option "isolation" must be one of ${ISOLATION_LEVELS.join(', ')}; got ${String(resolved.isolation)}.`);
   }
   resolved.excludeHeaders = resolved.excludeHeaders.map((name) => name.toLowerCase());
+  if (!ERROR_FORMATS.includes(resolved.errorFormat)) {
+    const expected = ERROR_FORMATS.join(' or ');
+    const got = String(resolved.errorFormat);
+    throw new IdempotencyConfigurationError(`IdempotencyModule option "errorFormat" must be ${expected}; got ${got}.`);
+  }
+  // The format picks the default renderer; a formatError of the host's own overrides either.
+  if (resolved.errorFormat === 'problem+json' && !options.formatError) resolved.formatError = formatProblemDetails;
   return resolved;
 }

@@ -8,4 +8,21 @@ describe('describeError', () => {
     expect(details.docsUrl).toBe(`https://docs.patomic.dev/errors/${code.replace(/_/g, '-')}`);
     expect(details.param).toBe(code === 'invalid_idempotency_key' || code === 'missing_idempotency_key' ? 'Idempotency-Key' : null);
   });
+
+  it.each(Object.values(IdempotencyErrorCode))('gives %s a short title', (code) => {
+    const { title } = describeError(code, { requestId: null, docsUrl: defaultDocsUrl });
+    expect(title.length).toBeGreaterThan(5);
+    expect(title.length).toBeLessThan(60);
+  });
+
+  it('marks as retryable exactly the errors a retry with the same key can get past', () => {
+    const retryable = Object.values(IdempotencyErrorCode).filter(
+      (code) => describeError(code, { requestId: null, docsUrl: defaultDocsUrl }).retryable,
+    );
+    expect(retryable.sort()).toEqual([
+      'idempotency_key_in_use',
+      'idempotency_store_unavailable',
+      'transaction_conflict',
+    ]);
+  });
 });

@@ -20,11 +20,15 @@ export type IdempotencyErrorCode = (typeof IdempotencyErrorCode)[keyof typeof Id
 export interface IdempotencyErrorDetails {
   status: number;
   code: IdempotencyErrorCode;
+  /** A short human title of the code (a problem details `title`). */
+  title: string;
   message: string;
   param: string | null;
   suggestion: string;
   docsUrl: string;
   requestId: string | null;
+  /** A retry with the same key may succeed: the key is busy, the store down, or a transaction lost a race. */
+  retryable: boolean;
 }
 
 /** The Patomic error envelope (SPEC W11), the default rendering of every module error. */
@@ -42,6 +46,8 @@ export interface IdempotencyErrorBody {
 
 interface ErrorTemplate {
   status: number;
+  title: string;
+  retryable: boolean;
   message: string;
   suggestion: string;
   param: string | null;
@@ -52,54 +58,72 @@ const KEY_PARAM = 'Idempotency-Key';
 const TEMPLATES: Record<IdempotencyErrorCode, ErrorTemplate> = {
   invalid_idempotency_key: {
     status: 400,
+    title: 'Invalid Idempotency-Key',
+    retryable: false,
     param: KEY_PARAM,
     message: 'The Idempotency-Key header must be sent once, with 1-255 printable ASCII characters.',
     suggestion: 'Send a single Idempotency-Key header such as a UUIDv4.',
   },
   missing_idempotency_key: {
     status: 400,
+    title: 'Idempotency-Key required',
+    retryable: false,
     param: KEY_PARAM,
     message: 'This endpoint requires an Idempotency-Key header.',
     suggestion: 'Generate a UUIDv4 per logical request and send it as Idempotency-Key on every attempt.',
   },
   idempotency_scope_unresolved: {
     status: 401,
+    title: 'Caller not identified',
+    retryable: false,
     param: null,
     message: 'The caller could not be identified, so the Idempotency-Key cannot be scoped.',
     suggestion: 'Authenticate the request (Authorization: Bearer <API key>) and retry with the same key.',
   },
   idempotency_key_conflict: {
     status: 409,
+    title: 'Idempotency-Key used for another request',
+    retryable: false,
     param: null,
     message: 'This Idempotency-Key was already used with a different request (method, path, query or body).',
     suggestion: 'Use a new Idempotency-Key for a different request, or resend the original request unchanged.',
   },
   idempotency_key_in_use: {
     status: 409,
+    title: 'Idempotency-Key in use',
+    retryable: true,
     param: null,
     message: 'A request with this Idempotency-Key is still being processed.',
     suggestion: 'Retry with the same key after the Retry-After delay to receive the original response.',
   },
   idempotency_response_not_stored: {
     status: 409,
+    title: 'Original response not stored',
+    retryable: false,
     param: null,
     message: 'The original request with this Idempotency-Key completed, but its response could not be stored for replay (it was too large, or the application answered before the handler finished).',
     suggestion: 'Fetch the resulting resource instead of retrying, or use a new key for a new request.',
   },
   idempotency_store_unavailable: {
     status: 503,
+    title: 'Idempotency store unavailable',
+    retryable: true,
     param: null,
     message: 'Idempotency records cannot be reached right now, so the request was not processed.',
     suggestion: 'Retry with the same Idempotency-Key after the Retry-After delay.',
   },
   transaction_conflict: {
     status: 409,
+    title: 'Transaction conflict',
+    retryable: true,
     param: null,
     message: 'The request conflicted with a concurrent transaction and was rolled back; nothing was changed.',
     suggestion: 'Retry with the same Idempotency-Key after the Retry-After delay.',
   },
   internal_error: {
     status: 500,
+    title: 'Transaction not committed',
+    retryable: false,
     param: null,
     message: 'The request could not be committed, so nothing was changed and nothing was stored.',
     suggestion: 'Retry with the same Idempotency-Key; the request will run again.',
@@ -135,11 +159,13 @@ export function describeError(
   return {
     status: context.status ?? template.status,
     code,
+    title: template.title,
     message: template.message,
     param: template.param,
     suggestion: template.suggestion,
     docsUrl: context.docsUrl(code),
     requestId: context.requestId,
+    retryable: template.retryable,
   };
 }
 

@@ -12,6 +12,7 @@ export {
   type IdempotencyErrorBody,
   type IdempotencyErrorDetails,
 } from './idempotency.exceptions';
+export { formatProblemDetails, type IdempotencyProblemDetails } from './problem-details';
 export { bearerTokenScope } from './idempotency-scope';
 export { IDEMPOTENCY_CHANNELS, type IdempotencyEvent, type IdempotencyEventName } from './idempotency-events';
 export { IdempotencyKeyEntity } from './store/idempotency-key.entity';
