@@ -61,6 +61,7 @@ export class IdempotencyErrors {
     const requestId = exchange.response.getHeader('x-request-id') ?? exchange.request.headers['x-request-id'];
     return describeError(code, {
       status: answer.status,
+      header: this.options.header,
       docsUrl: this.options.docsUrl,
       requestId: typeof requestId === 'string' ? requestId : null,
     });

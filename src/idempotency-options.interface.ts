@@ -26,6 +26,13 @@ export interface IdempotencyModuleOptions {
    * replays; `false` to leave it out. @default 'idempotency-expires-at'
    */
   expiresHeader?: string | false;
+  /** Request header that carries the key, matched case-insensitively. @default 'Idempotency-Key' */
+  header?: string;
+  /**
+   * Response header set to `true` on replayed answers (Stripe's clients read `Idempotent-Replayed`);
+   * `false` for none. @default 'idempotency-replayed'
+   */
+  replayedHeader?: string | false;
   /** Extra response headers that are neither stored nor replayed (lower case). @default ['x-request-id'] */
   excludeHeaders?: string[];
   /**

@@ -14,6 +14,8 @@ describe('resolveOptions', () => {
       expiresHeader: 'idempotency-expires-at',
       excludeHeaders: ['x-request-id'],
       errorFormat: 'patomic',
+      header: 'Idempotency-Key',
+      replayedHeader: 'idempotency-replayed',
       formatError: formatErrorEnvelope,
       docsUrl: defaultDocsUrl,
       isolation: 'READ COMMITTED',
@@ -89,6 +91,22 @@ describe('resolveOptions', () => {
       expect(() => resolveOptions({ errorFormat: 'rfc7807' as never })).toThrow(
         'IdempotencyModule option "errorFormat" must be patomic or problem+json; got rfc7807.',
       );
+    });
+  });
+
+  describe('header names', () => {
+    it('keeps the names as written (the OpenAPI document shows them), and false for no replay marker', () => {
+      const names = { header: 'X-Request-Key', replayedHeader: false } as const;
+      expect(resolveOptions(names)).toMatchObject(names);
+    });
+
+    it.each([
+      ['header', ''],
+      ['header', 'Idempotency Key'],
+      ['replayedHeader', 'replayed:'],
+      ['replayedHeader', true],
+    ])('refuses %s %p, which is no header name', (name, value) => {
+      expect(() => resolveOptions({ [name]: value })).toThrow(`option "${name}" must be a header name`);
     });
   });
 });

@@ -1,8 +1,9 @@
+import { IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER } from './idempotency.constants';
 import { IdempotencyConfigurationError, defaultDocsUrl, formatErrorEnvelope } from './idempotency.exceptions';
 import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { bearerTokenScope } from './idempotency-scope';
-import { formatProblemDetails } from './problem-details';
 import type { IsolationLevel } from './store/idempotency.store';
+import { resolveWireOptions } from './wire-options';
 
 /** Injection token of the options with their defaults applied. */
 export const RESOLVED_IDEMPOTENCY_OPTIONS = Symbol('idempotency:resolved-options');
@@ -16,6 +17,8 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease'> = {
   expiresHeader: 'idempotency-expires-at',
   excludeHeaders: ['x-request-id'],
   errorFormat: 'patomic',
+  header: IDEMPOTENCY_KEY_HEADER,
+  replayedHeader: REPLAYED_HEADER,
   formatError: formatErrorEnvelope,
   docsUrl: defaultDocsUrl,
   isolation: 'READ COMMITTED',
@@ -30,8 +33,6 @@ const DEFAULT_LEASE = 30_000;
 const LONGEST_TIMER = 2 ** 31 - 1;
 
 const ISOLATION_LEVELS: IsolationLevel[] = ['READ COMMITTED', 'REPEATABLE READ', 'SERIALIZABLE'];
-
-const ERROR_FORMATS: string[] = ['patomic', 'problem+json'];
 
 /** Applies the defaults once and rejects options that cannot work, saying how to fix them. */
 export function resolveOptions(options: IdempotencyModuleOptions = {}): ResolvedIdempotencyOptions {
@@ -70,12 +71,6 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
     throw new IdempotencyConfigurationError(`IdempotencyModule option "isolation" must be one of ${ISOLATION_LEVELS.join(', ')}; got ${String(resolved.isolation)}.`);
   }
   resolved.excludeHeaders = resolved.excludeHeaders.map((name) => name.toLowerCase());
-  if (!ERROR_FORMATS.includes(resolved.errorFormat)) {
-    const expected = ERROR_FORMATS.join(' or ');
-    const got = String(resolved.errorFormat);
-    throw new IdempotencyConfigurationError(`IdempotencyModule option "errorFormat" must be ${expected}; got ${got}.`);
-  }
-  // The format picks the default renderer; a formatError of the host's own overrides either.
-  if (resolved.errorFormat === 'problem+json' && !options.formatError) resolved.formatError = formatProblemDetails;
+  resolveWireOptions(resolved, options);
   return resolved;
 }

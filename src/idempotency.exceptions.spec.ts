@@ -25,4 +25,13 @@ describe('describeError', () => {
       'transaction_conflict',
     ]);
   });
+
+  it('names the configured header in the key errors, as their param and in their words', () => {
+    for (const code of ['invalid_idempotency_key', 'missing_idempotency_key'] as const) {
+      const details = describeError(code, { requestId: null, docsUrl: defaultDocsUrl, header: 'X-Request-Key' });
+      expect(details.param).toBe('X-Request-Key');
+      expect(`${details.title} ${details.message} ${details.suggestion}`).not.toContain('Idempotency-Key');
+      expect(details.message).toContain('X-Request-Key');
+    }
+  });
 });

@@ -1,4 +1,5 @@
 import { HttpException } from '@nestjs/common';
+import { IDEMPOTENCY_KEY_HEADER } from './idempotency.constants';
 
 /** Every error code the module answers with. */
 export const IdempotencyErrorCode = {
@@ -53,7 +54,7 @@ interface ErrorTemplate {
   param: string | null;
 }
 
-const KEY_PARAM = 'Idempotency-Key';
+const KEY_PARAM = IDEMPOTENCY_KEY_HEADER;
 
 const TEMPLATES: Record<IdempotencyErrorCode, ErrorTemplate> = {
   invalid_idempotency_key: {
@@ -150,19 +151,23 @@ export function formatErrorEnvelope(error: IdempotencyErrorDetails): Idempotency
   };
 }
 
-/** Fills in the template of a code; the status may be overridden (e.g. 422 for conflicts). */
+/**
+ * Fills in the template of a code; the status may be overridden (e.g. 422 for conflicts), and
+ * `header` names the key's header when it is not `Idempotency-Key`.
+ */
 export function describeError(
   code: IdempotencyErrorCode,
-  context: { requestId: string | null; docsUrl: (code: string) => string; status?: number },
+  context: { requestId: string | null; docsUrl: (code: string) => string; status?: number; header?: string },
 ): IdempotencyErrorDetails {
   const template = TEMPLATES[code];
+  const named = (text: string) => (context.header ? text.replaceAll(KEY_PARAM, context.header) : text);
   return {
     status: context.status ?? template.status,
     code,
-    title: template.title,
-    message: template.message,
-    param: template.param,
-    suggestion: template.suggestion,
+    title: named(template.title),
+    message: named(template.message),
+    param: template.param && named(template.param),
+    suggestion: named(template.suggestion),
     docsUrl: context.docsUrl(code),
     requestId: context.requestId,
     retryable: template.retryable,

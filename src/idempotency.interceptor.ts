@@ -6,7 +6,7 @@ import { type Observable, of } from 'rxjs';
 import { toHttpExchange, type HttpExchange } from './capture/http-exchange';
 import { replayResponse } from './capture/response-capture';
 import { fingerprintRequest } from './fingerprint';
-import { IDEMPOTENT_METHODS, IDEMPOTENT_ROUTE_METADATA, REPLAYED_HEADER, UNSTORED_HEADERS } from './idempotency.constants';
+import { IDEMPOTENT_METHODS, IDEMPOTENT_ROUTE_METADATA, UNSTORED_HEADERS } from './idempotency.constants';
 import { IdempotencyErrorCode } from './idempotency.exceptions';
 import { IdempotencyErrors } from './idempotency-errors';
 import { publishEvent, RequestTrace } from './idempotency-events';
@@ -39,6 +39,10 @@ export class IdempotencyInterceptor implements NestInterceptor {
   private readonly routes = new WeakMap<Function, Route>();
   /** Headers never stored, and kept as the host set them on a replay. */
   private readonly unstored: ReadonlySet<string>;
+  /** The key's header name in lower case, as `readRequestKey` compares it. */
+  private readonly keyHeader: string;
+  /** What marks a replay (option `replayedHeader`). */
+  private readonly replayMarker: Record<string, string>;
 
   constructor(
     private readonly reflector: Reflector,
@@ -49,6 +53,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
     @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
   ) {
     this.unstored = new Set([...UNSTORED_HEADERS, ...options.excludeHeaders]);
+    this.keyHeader = options.header.toLowerCase();
+    this.replayMarker = options.replayedHeader ? { [options.replayedHeader]: 'true' } : {};
   }
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
@@ -111,7 +117,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
    * or undefined when the request runs without idempotency.
    */
   private async claimRequest(exchange: HttpExchange, route: IdempotentRouteOptions, request: unknown): Promise<ClaimRequest | undefined> {
-    const requestKey = readRequestKey(exchange.request.rawHeaders);
+    const requestKey = readRequestKey(exchange.request.rawHeaders, this.keyHeader);
     if (requestKey.kind === 'invalid') throw this.errors.exception(IdempotencyErrorCode.InvalidKey, exchange);
     if (requestKey.kind === 'absent') {
       if (route.required) throw this.errors.exception(IdempotencyErrorCode.MissingKey, exchange);
@@ -144,7 +150,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const { body } = outcome.response;
     if (body === null) throw this.errors.exception(IdempotencyErrorCode.ResponseNotStored, exchange);
     publishEvent('replayed', trace, { status: outcome.response.status });
-    replayResponse(exchange.response, { ...outcome.response, body }, (name) => this.unstored.has(name), { [REPLAYED_HEADER]: 'true' });
+    const keepHeader = (name: string) => this.unstored.has(name);
+    replayResponse(exchange.response, { ...outcome.response, body }, keepHeader, this.replayMarker);
     // Nest sends nothing for a handler that answers itself, and that handler does not run.
     if (answersItself) exchange.response.end();
     return of(undefined);

@@ -53,4 +53,16 @@ describe('readRequestKey', () => {
     const key = '~'.repeat(254) + ' x'.slice(1);
     expect(readRequestKey(lines(key))).toEqual({ kind: 'valid', key });
   });
+
+  describe('under another header name', () => {
+    it('reads the named header whatever its case, and no longer Idempotency-Key', () => {
+      expect(readRequestKey(['X-Request-KEY', 'abc'], 'x-request-key')).toEqual({ kind: 'valid', key: 'abc' });
+      expect(readRequestKey(lines('abc'), 'x-request-key')).toEqual({ kind: 'absent' });
+    });
+
+    it('rejects the named header sent twice', () => {
+      const twice = ['x-request-key', 'a', 'X-Request-Key', 'b'];
+      expect(readRequestKey(twice, 'x-request-key')).toEqual({ kind: 'invalid' });
+    });
+  });
 });

@@ -1,3 +1,5 @@
+import { IDEMPOTENCY_KEY_HEADER } from './idempotency.constants';
+
 /** Result of reading the `Idempotency-Key` header: absent, invalid, or a valid key. */
 export type RequestKey = { kind: 'absent' } | { kind: 'invalid' } | { kind: 'valid'; key: string };
 
@@ -5,14 +7,14 @@ const MAX_KEY_LENGTH = 255;
 const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
 
 /**
- * Reads the key from the raw header lines (`IncomingMessage.rawHeaders`). Raw lines are needed
- * because Node joins repeated headers with ", ", which would make two header lines look like one
- * key that legitimately contains a comma.
+ * Reads the key from the raw header lines (`IncomingMessage.rawHeaders`) of the header `name`,
+ * given in lower case. Raw lines are needed because Node joins repeated headers with ", ", which
+ * would make two header lines look like one key that legitimately contains a comma.
  */
-export function readRequestKey(rawHeaders: readonly string[]): RequestKey {
+export function readRequestKey(rawHeaders: readonly string[], name = IDEMPOTENCY_KEY_HEADER.toLowerCase()): RequestKey {
   let value: string | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (rawHeaders[i].length === 15 && rawHeaders[i].toLowerCase() === 'idempotency-key') {
+    if (rawHeaders[i].length === name.length && rawHeaders[i].toLowerCase() === name) {
       if (value !== undefined) return { kind: 'invalid' };
       value = rawHeaders[i + 1];
     }

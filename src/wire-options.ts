@@ -1,0 +1,28 @@
+import { IdempotencyConfigurationError } from './idempotency.exceptions';
+import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
+import { formatProblemDetails } from './problem-details';
+
+const ERROR_FORMATS: string[] = ['patomic', 'problem+json'];
+
+/** An HTTP field name (RFC 9110 token). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * Checks the options that shape what goes over the wire (error format, header names), their
+ * defaults applied, and picks the error renderer of the format unless the host gave its own.
+ */
+export function resolveWireOptions(resolved: ResolvedIdempotencyOptions, given: IdempotencyModuleOptions): void {
+  if (!ERROR_FORMATS.includes(resolved.errorFormat)) {
+    refuse('errorFormat', ERROR_FORMATS.join(' or '), resolved.errorFormat);
+  }
+  for (const name of ['header', 'replayedHeader'] as const) {
+    const value = resolved[name];
+    if (value === false && name === 'replayedHeader') continue;
+    if (typeof value !== 'string' || !HEADER_NAME.test(value)) refuse(name, 'a header name (letters, digits, "-")', value);
+  }
+  if (resolved.errorFormat === 'problem+json' && !given.formatError) resolved.formatError = formatProblemDetails;
+}
+
+function refuse(name: keyof IdempotencyModuleOptions, expected: string, got: unknown): never {
+  throw new IdempotencyConfigurationError(`IdempotencyModule option "${name}" must be ${expected}; got ${String(got)}.`);
+}
