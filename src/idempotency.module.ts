@@ -16,6 +16,7 @@ import { IdempotencyPurgeTask } from './idempotency-purge.task';
 import { IdempotencyService } from './idempotency.service';
 import { IdempotencyErrors } from './idempotency-errors';
 import { LeasedRun } from './leased-run';
+import { OpenApiDocumentation } from './openapi/openapi-documentation';
 import { TransactionalRoutesValidator } from './transaction/transactional-routes.validator';
 import { TransactionalRun } from './transaction/transactional-run';
 import { IdempotencyKeyEntity } from './store/idempotency-key.entity';
@@ -65,6 +66,7 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
       TransactionalRun,
       TransactionalRoutesValidator,
       IdempotencyInterceptor,
+      OpenApiDocumentation,
     ],
     exports: [...(definition.exports ?? []), IdempotencyService, IdempotencyStore],
   };

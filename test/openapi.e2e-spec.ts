@@ -222,3 +222,108 @@ describe('OpenAPI document of @Idempotent() routes (@nestjs/swagger)', () => {
     }
   });
 });
+
+@Controller('standards')
+class StandardsController {
+  @Post() @Idempotent({ required: true })
+  create() {
+    return { random: randomUUID() };
+  }
+
+  @Post('ledger') @Idempotent({ transactional: true })
+  @ApiBadRequestResponse({ description: 'Validation failed.' })
+  ledger(@IdempotencyTransaction() _manager: unknown) {
+    return { ok: true };
+  }
+}
+
+@Controller('unmarked-replays')
+class UnmarkedReplaysController {
+  @Post() @Idempotent()
+  create() {
+    return { random: randomUUID() };
+  }
+}
+
+const PROBLEM_MEMBERS = ['type', 'title', 'status', 'detail', 'instance', 'code', 'retryable'];
+
+describe('OpenAPI document under the module options errorFormat, header and replayedHeader', () => {
+  let database: TestDatabase;
+  let fixtures: FixtureApp[];
+  let document: OpenAPIObject;
+  let unmarked: OpenAPIObject;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    fixtures = [
+      await bootFixture(database.url, {
+        controllers: [StandardsController],
+        options: { errorFormat: 'problem+json', header: 'X-Request-Key', replayedHeader: 'Idempotent-Replayed' },
+      }),
+      await bootFixture(database.url, { controllers: [UnmarkedReplaysController], options: { replayedHeader: false } }),
+    ];
+    [document, unmarked] = fixtures.map(({ app }) => SwaggerModule.createDocument(app, new DocumentBuilder().build()));
+  });
+  afterAll(async () => {
+    for (const fixture of fixtures ?? []) await fixture.close();
+    await database?.drop();
+  });
+
+  const operation = (route: string, source = document): any => (source.paths[route] as any).post;
+
+  it('documents the key header under its configured name, and no Idempotency-Key', () => {
+    const headers = operation('/standards').parameters.filter((p: any) => p.in === 'header');
+    expect(headers).toEqual([expect.objectContaining({ name: 'X-Request-Key', required: true })]);
+    expect(headers[0].description).toMatch(/`Idempotent-Replayed: true`/);
+  });
+
+  it('documents the configured replayed header on the success response, or none with replayedHeader: false', () => {
+    expect(Object.keys(operation('/standards').responses['201'].headers)).toEqual(['Idempotent-Replayed']);
+    expect(operation('/unmarked-replays', unmarked).responses['201'].headers).toBeUndefined();
+  });
+
+  it('documents the errors as application/problem+json with every problem member and the codes of each status', () => {
+    const op = operation('/standards');
+    for (const status of ['400', '401', '409', '503']) {
+      const { content } = op.responses[status];
+      expect(Object.keys(content)).toEqual(['application/problem+json']);
+      const { schema } = content['application/problem+json'];
+      expect(schema.required).toEqual(PROBLEM_MEMBERS);
+      expect(Object.keys(schema.properties)).toEqual(PROBLEM_MEMBERS);
+      expect(schema.properties.retryable).toMatchObject({ type: 'boolean' });
+    }
+    expect(op.responses['400'].content['application/problem+json'].schema.properties.code.enum).toEqual([
+      'invalid_idempotency_key',
+      'missing_idempotency_key',
+    ]);
+    expect(op.responses['400'].description).toContain('`X-Request-Key`');
+    expect(op.responses['400'].description).not.toContain('Idempotency-Key');
+  });
+
+  it("keeps a host's own error schema, adding the transactional answers as problem details", () => {
+    const op = operation('/standards/ledger');
+    expect(op.responses['400'].description).toMatch(/^Validation failed\.\n\n/);
+    const codes = (status: string) =>
+      op.responses[status].content['application/problem+json'].schema.properties.code.enum;
+    expect(codes('409')).toContain('transaction_conflict');
+    expect(codes('500')).toEqual(['internal_error']);
+  });
+
+  it('documents the same routes afresh for an application created again with other options', async () => {
+    const again = await bootFixture(database.url, { controllers: [StandardsController] });
+    fixtures.push(again);
+    const op = operation('/standards/ledger', SwaggerModule.createDocument(again.app, new DocumentBuilder().build()));
+    expect(op.parameters.map((parameter: any) => parameter.name)).toEqual(['Idempotency-Key']);
+    expect(Object.keys(op.responses['201'].headers)).toEqual(['idempotency-replayed']);
+    expect(op.responses['409'].content['application/json'].schema.properties.error).toBeDefined();
+    expect(op.responses['400'].description.match(/Validation failed\./g)).toHaveLength(1);
+    expect(op.responses['400'].description.match(/invalid_idempotency_key/g)).toHaveLength(1);
+  });
+
+  it('describes what goes over the wire: the members of a real problem', async () => {
+    const missing = await send(fixtures[0].url, { path: '/standards', headers: authed(`tok_${randomUUID()}`) });
+    expect(missing.status).toBe(400);
+    expect(missing.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(Object.keys(missing.json).sort()).toEqual([...PROBLEM_MEMBERS].sort());
+  });
+});

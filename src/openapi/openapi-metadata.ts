@@ -1,7 +1,9 @@
 import { RequestMethod } from '@nestjs/common';
-import { IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_ROUTE_METADATA, REPLAYED_HEADER } from '../idempotency.constants';
-import type { IdempotentRouteOptions } from '../idempotency-options.interface';
+import { IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_ROUTE_METADATA } from '../idempotency.constants';
+import type { IdempotentRouteOptions, ResolvedIdempotencyOptions } from '../idempotency-options.interface';
+import { PROBLEM_JSON } from '../problem-details';
 import { describeDocumentedError, documentedErrors, errorEnvelopeSchema } from './error-envelope.schema';
+import { problemDetailsSchema } from './problem-details.schema';
 
 /*
  * OpenAPI documentation of `@Idempotent()` routes for hosts that use @nestjs/swagger.
@@ -18,12 +20,17 @@ import { describeDocumentedError, documentedErrors, errorEnvelopeSchema } from '
  * happens; no import of it exists anywhere in src/. `test/openapi.e2e-spec.ts` generates a real
  * document, so a change of these keys in a future @nestjs/swagger fails that test.
  *
- * Why deferred to a microtask: decorators apply bottom-up, so in `@Post() @Idempotent()` the HTTP
- * method (and `@HttpCode()`, `@ApiResponse()` above it) is not known yet when `@Idempotent()` runs.
- * Every decorator of a class is applied synchronously while the class is defined, and a document is
- * only generated once the application exists (after at least one `await`), so a microtask sees the
- * finished class and still runs long before any document is built.
+ * Why written when the module is instantiated (see OpenApiDocumentation), not by `@Idempotent()`:
+ * the document shows the module's options (header names, error format), unknown when a decorator
+ * runs. A document is generated from a created application, usually before it is initialised
+ * (`createDocument()` before `listen()`), so lifecycle hooks would come too late; by the time the
+ * module's providers are instantiated, every decorator of every controller has run. Each handler is
+ * documented from its host's own metadata as first seen, so an application created again with
+ * other options (in tests, or several in one process) documents its own.
  */
+
+/** What the document shows that depends on the module's options. */
+export type DocumentedOptions = Pick<ResolvedIdempotencyOptions, 'errorFormat' | 'header' | 'replayedHeader'>;
 
 /** `DECORATORS.API_PARAMETERS`: an array of parameter objects (`@ApiHeader()` on a method). */
 const API_PARAMETERS = 'swagger/apiParameters';
@@ -38,32 +45,22 @@ const HTTP_CODE_METADATA = '__httpCode__';
 /** The HTTP methods the module makes idempotent (`IDEMPOTENT_METHODS`); routes of other methods (and `@All()`) are left undocumented. */
 const DOCUMENTED_METHODS: ReadonlySet<RequestMethod> = new Set([RequestMethod.POST, RequestMethod.PUT, RequestMethod.PATCH, RequestMethod.DELETE]);
 
-type ResponseEntry = Record<string, unknown> & { description?: string; schema?: unknown; type?: unknown; headers?: Record<string, unknown> };
+type ResponseEntry = Record<string, unknown> & {
+  description?: string;
+  schema?: unknown;
+  type?: unknown;
+  content?: unknown;
+  headers?: Record<string, unknown>;
+};
 type Responses = Record<string, ResponseEntry>;
+type Parameter = { name?: string; in?: string };
 type Handler = (...args: unknown[]) => unknown;
 
-const pending = new Set<Function>();
-const documented = new WeakSet<Handler>();
-
-/**
- * Documents the idempotent routes of `controller` once its class is complete (see above). Called by
- * `@Idempotent()` on a handler (with its class) or on a controller.
- */
-export function scheduleOpenApiDocumentation(controller: Function): void {
-  if (pending.has(controller)) return;
-  pending.add(controller);
-  queueMicrotask(() => {
-    pending.delete(controller);
-    try {
-      documentController(controller);
-    } catch {
-      // Documentation must never break the application that declares the routes.
-    }
-  });
-}
+/** The host's own metadata of each documented handler, before the module added to it. */
+const hostMetadata = new WeakMap<Handler, { parameters: Parameter[]; responses: Responses }>();
 
 /** Writes the OpenAPI metadata of every idempotent route of a controller (own and inherited handlers, as Nest routes them). */
-export function documentController(controller: Function): void {
+export function documentController(controller: Function, documented: DocumentedOptions): void {
   const classOptions = Reflect.getMetadata(IDEMPOTENT_ROUTE_METADATA, controller) as IdempotentRouteOptions | undefined;
   const classHeaders = (Reflect.getMetadata(API_HEADERS, controller) as { name?: string }[] | undefined) ?? [];
   const seen = new Set<string>();
@@ -77,46 +74,65 @@ export function documentController(controller: Function): void {
       // Handler options override the controller's, as in the interceptor.
       const options = (Reflect.getMetadata(IDEMPOTENT_ROUTE_METADATA, handler) as IdempotentRouteOptions | undefined) ?? classOptions;
       const method = Reflect.getMetadata(METHOD_METADATA, handler) as RequestMethod | undefined;
-      if (!options || method === undefined || !DOCUMENTED_METHODS.has(method) || documented.has(handler)) continue;
-      documented.add(handler);
-      documentHandler(handler, method, options, classHeaders);
+      if (!options || method === undefined || !DOCUMENTED_METHODS.has(method)) continue;
+      documentHandler(handler, method, options, classHeaders, documented);
     }
   }
 }
 
-function documentHandler(handler: Handler, method: RequestMethod, options: IdempotentRouteOptions, classHeaders: { name?: string }[]): void {
-  // The Idempotency-Key header, unless the host documents it itself.
-  const parameters = (Reflect.getMetadata(API_PARAMETERS, handler) as { name?: string; in?: string }[] | undefined) ?? [];
-  const isKeyHeader = (parameter: { name?: string; in?: string }) => parameter.name?.toLowerCase() === IDEMPOTENCY_KEY_HEADER.toLowerCase();
-  if (!parameters.some((parameter) => parameter.in === 'header' && isKeyHeader(parameter)) && !classHeaders.some(isKeyHeader)) {
-    Reflect.defineMetadata(API_PARAMETERS, [...parameters, keyHeaderParameter(options)], handler);
+function documentHandler(
+  handler: Handler,
+  method: RequestMethod,
+  options: IdempotentRouteOptions,
+  classHeaders: Parameter[],
+  documented: DocumentedOptions,
+): void {
+  let host = hostMetadata.get(handler);
+  if (!host) {
+    const parameters: Parameter[] = Reflect.getMetadata(API_PARAMETERS, handler) ?? [];
+    host = { parameters, responses: Reflect.getMetadata(API_RESPONSE, handler) ?? {} };
+    hostMetadata.set(handler, host);
   }
+  // The words of the module name the key's header as configured.
+  const named = (text: string) => text.replaceAll(IDEMPOTENCY_KEY_HEADER, documented.header);
 
-  const declared = (Reflect.getMetadata(API_RESPONSE, handler) as Responses | undefined) ?? {};
+  // The key's header, unless the host documents it itself.
+  const isKeyHeader = (parameter: Parameter) => parameter.name?.toLowerCase() === documented.header.toLowerCase();
+  const isKeyParameter = (parameter: Parameter) => parameter.in === 'header' && isKeyHeader(parameter);
+  const hostDocumentsKey = host.parameters.some(isKeyParameter) || classHeaders.some(isKeyHeader);
+  const parameters = hostDocumentsKey ? host.parameters : [...host.parameters, keyHeaderParameter(options, documented)];
+  Reflect.defineMetadata(API_PARAMETERS, parameters, handler);
+
   const responses: Responses = {};
-  // Stored answers (status < 500) are replayed with `idempotency-replayed: true`: mark each one the
-  // host declared, and when it declared no success, the one @nestjs/swagger would infer by itself
-  // (which it no longer does once a handler has response metadata).
-  for (const [status, entry] of Object.entries(declared)) {
-    responses[status] = isReplayable(status) ? withHeaders(entry, { [REPLAYED_HEADER]: REPLAYED_HEADER_OBJECT }) : entry;
+  // Stored answers (status < 500) are replayed with the replayed header: mark each one the host
+  // declared, and when it declared no success, the one @nestjs/swagger would infer by itself (which
+  // it no longer does once a handler has response metadata).
+  const replayed = documented.replayedHeader ? { [documented.replayedHeader]: REPLAYED_HEADER_OBJECT } : undefined;
+  for (const [status, entry] of Object.entries(host.responses)) {
+    responses[status] = replayed && isReplayable(status) ? withHeaders(entry, replayed) : entry;
   }
-  if (!Object.keys(declared).some((status) => /^[23]\d\d$/.test(status))) {
-    responses[String(defaultStatus(handler, method))] = { description: '', headers: { [REPLAYED_HEADER]: REPLAYED_HEADER_OBJECT } };
+  if (!Object.keys(host.responses).some((status) => /^[23]\d\d$/.test(status))) {
+    responses[String(defaultStatus(handler, method))] = { description: '', ...(replayed ? { headers: replayed } : {}) };
   }
   for (const error of documentedErrors(options)) {
     const status = String(error.status);
+    const body =
+      documented.errorFormat === 'problem+json'
+        ? { content: { [PROBLEM_JSON]: { schema: problemDetailsSchema(error.codes) } } }
+        : { schema: errorEnvelopeSchema(error.codes) };
     const ours: ResponseEntry = {
-      description: describeDocumentedError(error),
-      schema: errorEnvelopeSchema(error.codes),
+      description: named(describeDocumentedError(error)),
+      ...body,
       ...(error.retryAfter ? { headers: { 'Retry-After': RETRY_AFTER_HEADER_OBJECT } } : {}),
     };
     const theirs = responses[status];
     // A status the host documents itself (e.g. 400 for validation) keeps its schema and gains our codes.
+    const hostHasBody = theirs && [theirs.schema, theirs.type, theirs.content].some((given) => given !== undefined);
     responses[status] = theirs
       ? {
           ...theirs,
           description: [theirs.description, ours.description].filter(Boolean).join('\n\n'),
-          ...(theirs.schema === undefined && theirs.type === undefined ? { schema: ours.schema } : {}),
+          ...(hostHasBody ? {} : body),
           ...(ours.headers ? { headers: { ...ours.headers, ...theirs.headers } } : {}),
         }
       : ours;
@@ -125,14 +141,17 @@ function documentHandler(handler: Handler, method: RequestMethod, options: Idemp
 }
 
 /** What `@ApiHeader()` writes: `{ name, in: 'header', description, required, schema }`. */
-function keyHeaderParameter(options: IdempotentRouteOptions) {
+function keyHeaderParameter(options: IdempotentRouteOptions, { header, replayedHeader }: DocumentedOptions) {
   const required = options.required === true;
+  const marked = replayedHeader ? `, with \`${replayedHeader}: true\`` : '';
   return {
-    name: IDEMPOTENCY_KEY_HEADER,
+    name: header,
     in: 'header',
     required,
     description: [
-      'A unique key per logical request (a UUIDv4, say), sent unchanged on every retry of it: a retry while the key is remembered (24 hours by default) gets the stored response of the first attempt, with `idempotency-replayed: true`, and the request is not processed again.',
+      'A unique key per logical request (a UUIDv4, say), sent unchanged on every retry of it: a retry while the key ' +
+        `is remembered (24 hours by default) gets the stored response of the first attempt${marked}, ` +
+        'and the request is not processed again.',
       'Keys are scoped to the caller; reusing a key with a different method, path, query or body is an error.',
       required ? 'Required on this route.' : 'Optional: without it the request runs normally, with no idempotency.',
     ].join(' '),
