@@ -6,6 +6,10 @@
 export interface IdempotentRequestInit extends RequestInit {
   /** The key of this logical request; store it with your intent before calling to resume after a crash. @default crypto.randomUUID() (or an Idempotency-Key already in `headers`) */
   idempotencyKey?: string;
+  /** Request header that carries the key: the server module's `header` option. @default 'Idempotency-Key' */
+  header?: string;
+  /** Response header that marks a replay: the module's `replayedHeader` option. @default 'idempotency-replayed' */
+  replayedHeader?: string | false;
   /** Retries after the first attempt. @default 3 */
   retries?: number;
   /** Backoff cap of the first retry, doubled on each retry up to `maxDelayMs` (full jitter: the wait is random below the cap). @default 200 */
@@ -24,7 +28,8 @@ export interface RetryEvent {
   attempt: number;
   /** Milliseconds until the next attempt. */
   delayMs: number;
-  reason: 'network_error' | 'server_error' | 'idempotency_key_in_use' | 'transaction_conflict';
+  /** A network error, a 5xx, or the error code of a 409 the server says a retry can get past. */
+  reason: 'network_error' | 'server_error' | 'idempotency_key_in_use' | 'transaction_conflict' | (string & {});
   /** Status of the failed attempt; absent for a network error. */
   status?: number;
   /** The error of a failed network attempt. */
@@ -35,7 +40,7 @@ export interface RetryEvent {
 export interface IdempotentResponse {
   /** The last attempt's response, body unread; it may be a 4xx/5xx once retries are exhausted or not allowed. */
   response: Response;
-  /** The server answered from its idempotency record (`idempotency-replayed: true`): the work was done earlier. */
+  /** The server answered from its idempotency record (its replayed header is `true`): the work was done earlier. */
   replayed: boolean;
   /** Attempts made, 1 when the first one settled it. */
   attempts: number;
@@ -62,8 +67,9 @@ export class IdempotentRequestError extends Error {
 /** Name of the request header carrying the key. */
 export const IDEMPOTENCY_KEY_HEADER = 'Idempotency-Key';
 
-// 409 codes after which the same request with the same key may succeed: the first attempt is still
-// running (in_use), or its transaction lost a serialization race and was rolled back (SPEC §4).
+// 409 codes of the Patomic envelope after which the same request with the same key may succeed: the
+// first attempt is still running (in_use), or its transaction lost a serialization race and was
+// rolled back. Problem details say so themselves (`retryable`).
 const RETRYABLE_CONFLICTS: ReadonlySet<string> = new Set(['idempotency_key_in_use', 'transaction_conflict']);
 
 const VALID_KEY = /^[\x20-\x7e]{1,255}$/;
@@ -71,7 +77,8 @@ const VALID_KEY = /^[\x20-\x7e]{1,255}$/;
 /**
  * Sends a non-safe request with an `Idempotency-Key` and retries it safely: network errors, 5xx
  * and `409 idempotency_key_in_use` are retried with the same key, exponential backoff with full
- * jitter and `Retry-After` honoured; any other 4xx is returned at once, never retried.
+ * jitter and `Retry-After` honoured; any other 4xx is returned at once, never retried. Errors may
+ * come as the Patomic envelope or as problem details (`errorFormat: 'problem+json'`).
  *
  * @example
  * ```ts
@@ -84,7 +91,17 @@ const VALID_KEY = /^[\x20-\x7e]{1,255}$/;
  * ```
  */
 export async function idempotentRequest(url: string | URL, init: IdempotentRequestInit = {}): Promise<IdempotentResponse> {
-  const { idempotencyKey: givenKey, retries = 3, baseDelayMs = 200, maxDelayMs = 10_000, fetch: fetchImpl = globalThis.fetch, onRetry, ...requestInit } = init;
+  const {
+    idempotencyKey: givenKey,
+    header = IDEMPOTENCY_KEY_HEADER,
+    replayedHeader = 'idempotency-replayed',
+    retries = 3,
+    baseDelayMs = 200,
+    maxDelayMs = 10_000,
+    fetch: fetchImpl = globalThis.fetch,
+    onRetry,
+    ...requestInit
+  } = init;
   for (const [name, value] of [['retries', retries], ['baseDelayMs', baseDelayMs], ['maxDelayMs', maxDelayMs]] as const) {
     if (!Number.isInteger(value) || value < 0) throw new TypeError(`idempotentRequest: "${name}" must be a non-negative integer, got ${String(value)}.`);
   }
@@ -92,11 +109,11 @@ export async function idempotentRequest(url: string | URL, init: IdempotentReque
     throw new TypeError('idempotentRequest: a stream body cannot be sent again on a retry; pass a string, Uint8Array, Blob, URLSearchParams or FormData.');
   }
   const headers = new Headers(requestInit.headers);
-  const idempotencyKey = givenKey ?? headers.get(IDEMPOTENCY_KEY_HEADER) ?? globalThis.crypto.randomUUID();
+  const idempotencyKey = givenKey ?? headers.get(header) ?? globalThis.crypto.randomUUID();
   if (!VALID_KEY.test(idempotencyKey) || idempotencyKey.trim() === '') {
     throw new TypeError('idempotentRequest: the Idempotency-Key must be 1-255 printable ASCII characters (a UUID is the safe default).');
   }
-  headers.set(IDEMPOTENCY_KEY_HEADER, idempotencyKey);
+  headers.set(header, idempotencyKey);
   const signal = requestInit.signal ?? undefined;
 
   for (let attempt = 1; ; attempt++) {
@@ -121,7 +138,8 @@ export async function idempotentRequest(url: string | URL, init: IdempotentReque
     }
 
     const reason = await retryReason(response);
-    const result = { response, replayed: response.headers.get('idempotency-replayed') === 'true', attempts: attempt, idempotencyKey };
+    const replayed = replayedHeader !== false && response.headers.get(replayedHeader) === 'true';
+    const result = { response, replayed, attempts: attempt, idempotencyKey };
     if (reason === null || attempt > retries) return result;
     const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
     // Never sooner than the server asked; if it asks for longer than we are willing to wait, the
@@ -138,13 +156,21 @@ export async function idempotentRequest(url: string | URL, init: IdempotentReque
 async function retryReason(response: Response): Promise<RetryEvent['reason'] | null> {
   if (response.status >= 500) return 'server_error';
   if (response.status !== 409) return null;
-  // Only the two conflicts that a later attempt can resolve; a key reused with another body
+  // Only conflicts that a later attempt can resolve; a key reused with another body
   // (idempotency_key_conflict) must never be retried. The clone leaves the body readable.
-  const code = await response
-    .clone()
-    .json()
-    .then((body: unknown) => (body as { error?: { code?: unknown } } | null)?.error?.code, () => undefined);
-  return typeof code === 'string' && RETRYABLE_CONFLICTS.has(code) ? (code as RetryEvent['reason']) : null;
+  const body = (await response.clone().json().catch(() => undefined)) as ErrorBody | null | undefined;
+  // The Patomic envelope, or problem details.
+  const code = body?.error?.code ?? body?.code;
+  if (typeof code !== 'string') return null;
+  const retryable = typeof body?.retryable === 'boolean' ? body.retryable : RETRYABLE_CONFLICTS.has(code);
+  return retryable ? code : null;
+}
+
+/** What the client reads of an error body. */
+interface ErrorBody {
+  error?: { code?: unknown };
+  code?: unknown;
+  retryable?: unknown;
 }
 
 /** Full jitter: uniformly random below min(max, base * 2^(attempt-1)). */
