@@ -33,6 +33,17 @@ export interface IdempotencyModuleOptions {
    * `false` for none. @default 'idempotency-replayed'
    */
   replayedHeader?: string | false;
+  /**
+   * A duplicate that arrives while the first request with its key still runs: answered 409
+   * `idempotency_key_in_use` at once (`'reject'`), or held until the first one's answer is stored
+   * and then answered with its replay (`'wait'`; it runs itself when the first one released the
+   * key, and gets the 409 when `inFlightWait` runs out). @default 'reject'
+   */
+  inFlight?: 'reject' | 'wait';
+  /** How long a duplicate waits at most with `inFlight: 'wait'`, in ms. @default 10_000 */
+  inFlightWait?: number;
+  /** How many duplicates wait at once per instance with `inFlight: 'wait'`; beyond it, 409 at once. @default 1000 */
+  inFlightWaiters?: number;
   /** Extra response headers that are neither stored nor replayed (lower case). @default ['x-request-id'] */
   excludeHeaders?: string[];
   /**

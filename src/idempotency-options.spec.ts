@@ -16,6 +16,9 @@ describe('resolveOptions', () => {
       errorFormat: 'patomic',
       header: 'Idempotency-Key',
       replayedHeader: 'idempotency-replayed',
+      inFlight: 'reject',
+      inFlightWait: 10_000,
+      inFlightWaiters: 1000,
       formatError: formatErrorEnvelope,
       docsUrl: defaultDocsUrl,
       isolation: 'READ COMMITTED',
@@ -107,6 +110,21 @@ describe('resolveOptions', () => {
       ['replayedHeader', true],
     ])('refuses %s %p, which is no header name', (name, value) => {
       expect(() => resolveOptions({ [name]: value })).toThrow(`option "${name}" must be a header name`);
+    });
+  });
+
+  describe('duplicates in flight', () => {
+    it('holds them with inFlight: wait, as long and as many as set', () => {
+      const wait = { inFlight: 'wait', inFlightWait: 500, inFlightWaiters: 2 } as const;
+      expect(resolveOptions(wait)).toMatchObject(wait);
+    });
+
+    it.each([
+      ['inFlight', 'hold', "'reject' or 'wait'"],
+      ['inFlightWait', 0, 'a positive integer'],
+      ['inFlightWaiters', 1.5, 'a positive integer'],
+    ])('refuses %s %p, saying what it must be', (name, value, expected) => {
+      expect(() => resolveOptions({ [name]: value })).toThrow(`option "${name}" must be ${expected}; got ${value}.`);
     });
   });
 });

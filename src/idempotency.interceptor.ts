@@ -16,9 +16,16 @@ import { LeasedRun } from './leased-run';
 import { errorMessage } from './log-format';
 import { readRequestKey } from './request-key';
 import type { RunContext } from './run-context';
-import { IdempotencyStore, type ClaimOutcome, type ClaimRequest } from './store/idempotency.store';
+import { InFlightWait } from './in-flight-wait';
+import { IdempotencyStore, type ClaimOutcome, type ClaimRequest, type IsolationLevel } from './store/idempotency.store';
+import type { StoreTransaction } from './store/idempotency.store';
 import { isTransactionConflict } from './store/postgres-errors';
 import { TransactionalRun } from './transaction/transactional-run';
+
+/** A claim made in a transaction: when the key is ours, the transaction it was taken in, still open. */
+type TransactionalOutcome =
+  | Exclude<ClaimOutcome, { kind: 'claimed' }>
+  | (Extract<ClaimOutcome, { kind: 'claimed' }> & { transaction: StoreTransaction });
 
 /** What the interceptor needs to know of a route, looked up once per handler. */
 interface Route {
@@ -50,6 +57,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     private readonly errors: IdempotencyErrors,
     private readonly leasedRun: LeasedRun,
     private readonly transactionalRun: TransactionalRun,
+    private readonly inFlightWait: InFlightWait,
     @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
   ) {
     this.unstored = new Set([...UNSTORED_HEADERS, ...options.excludeHeaders]);
@@ -79,31 +87,54 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const run: RunContext = { exchange, trace, unstored: this.unstored };
     if (!route.transactional) {
       if (!claim) return next.handle();
-      const outcome = await this.store.claim(claim).catch((error: unknown) => this.storeFailed(error, trace, exchange));
+      const attempt = () => this.store.claim(claim).catch((error: unknown) => this.storeFailed(error, trace, exchange));
+      let outcome = await attempt();
+      if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim, outcome, exchange, attempt);
       if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
       this.claimed(outcome.expiresAt, trace, exchange);
       return this.leasedRun.run(run, outcome.owner, next);
     }
 
-    const transaction = await this.store
-      .begin(route.isolation ?? this.options.isolation)
-      .catch((error: unknown) => this.storeFailed(error, trace, exchange));
-    if (!claim) return this.transactionalRun.run(run, request, transaction, undefined, next);
+    const isolation = route.isolation ?? this.options.isolation;
+    if (!claim) {
+      const transaction = await this.begin(isolation, trace, exchange);
+      return this.transactionalRun.run(run, request, transaction, undefined, next);
+    }
+    const attempt = () => this.claimInTransaction(claim, isolation, trace, exchange);
+    let outcome = await attempt();
+    // A duplicate waits with its transaction rolled back: it holds no connection meanwhile.
+    if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim, outcome, exchange, attempt);
+    if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
+    this.claimed(outcome.expiresAt, trace, exchange);
+    return this.transactionalRun.run(run, request, outcome.transaction, outcome.owner, next);
+  }
+
+  private begin(isolation: IsolationLevel, trace: RequestTrace, exchange: HttpExchange): Promise<StoreTransaction> {
+    return this.store.begin(isolation).catch((error: unknown) => this.storeFailed(error, trace, exchange));
+  }
+
+  /** Claims the key in a new transaction, left open when the key is ours and rolled back otherwise. */
+  private async claimInTransaction(
+    claim: ClaimRequest,
+    isolation: IsolationLevel,
+    trace: RequestTrace,
+    exchange: HttpExchange,
+  ): Promise<TransactionalOutcome> {
+    const transaction = await this.begin(isolation, trace, exchange);
     let outcome: ClaimOutcome;
     try {
       outcome = await transaction.claim(claim);
-      if (outcome.kind === 'claimed') await transaction.savepoint();
+      if (outcome.kind === 'claimed') {
+        await transaction.savepoint();
+        return { ...outcome, transaction };
+      }
     } catch (error) {
       await transaction.rollback();
       if (isTransactionConflict(error)) throw this.errors.exception(IdempotencyErrorCode.TransactionConflict, exchange, { retryAfter: true });
       return this.storeFailed(error, trace, exchange);
     }
-    if (outcome.kind !== 'claimed') {
-      await transaction.rollback();
-      return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
-    }
-    this.claimed(outcome.expiresAt, trace, exchange);
-    return this.transactionalRun.run(run, request, transaction, outcome.owner, next);
+    await transaction.rollback();
+    return outcome;
   }
 
   /** The key is ours: say so, and tell the client until when the answer will be kept. */

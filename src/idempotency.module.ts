@@ -15,6 +15,7 @@ import { RESOLVED_IDEMPOTENCY_OPTIONS, resolveOptions } from './idempotency-opti
 import { IdempotencyPurgeTask } from './idempotency-purge.task';
 import { IdempotencyService } from './idempotency.service';
 import { IdempotencyErrors } from './idempotency-errors';
+import { InFlightWait } from './in-flight-wait';
 import { LeasedRun } from './leased-run';
 import { OpenApiDocumentation } from './openapi/openapi-documentation';
 import { TransactionalRoutesValidator } from './transaction/transactional-routes.validator';
@@ -64,6 +65,7 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
       IdempotencyErrors,
       LeasedRun,
       TransactionalRun,
+      InFlightWait,
       TransactionalRoutesValidator,
       IdempotencyInterceptor,
       OpenApiDocumentation,

@@ -8,8 +8,8 @@ const ERROR_FORMATS: string[] = ['patomic', 'problem+json'];
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /**
- * Checks the options that shape what goes over the wire (error format, header names), their
- * defaults applied, and picks the error renderer of the format unless the host gave its own.
+ * Checks the options that shape what goes over the wire (error format, header names, duplicates in
+ * flight), their defaults applied, and picks the error renderer of the format unless the host gave its own.
  */
 export function resolveWireOptions(resolved: ResolvedIdempotencyOptions, given: IdempotencyModuleOptions): void {
   if (!ERROR_FORMATS.includes(resolved.errorFormat)) {
@@ -19,6 +19,10 @@ export function resolveWireOptions(resolved: ResolvedIdempotencyOptions, given: 
     const value = resolved[name];
     if (value === false && name === 'replayedHeader') continue;
     if (typeof value !== 'string' || !HEADER_NAME.test(value)) refuse(name, 'a header name (letters, digits, "-")', value);
+  }
+  if (!['reject', 'wait'].includes(resolved.inFlight)) refuse('inFlight', "'reject' or 'wait'", resolved.inFlight);
+  for (const name of ['inFlightWait', 'inFlightWaiters'] as const) {
+    if (!Number.isInteger(resolved[name]) || resolved[name] <= 0) refuse(name, 'a positive integer', resolved[name]);
   }
   if (resolved.errorFormat === 'problem+json' && !given.formatError) resolved.formatError = formatProblemDetails;
 }
