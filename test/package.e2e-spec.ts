@@ -62,6 +62,7 @@ async function main(): Promise<void> {
     migrations: ran.map((migration) => migration.name),
     client: typeof idempotentRequest,
     swagger: resolveError('@nestjs/swagger'),
+    cls: resolveError('nestjs-cls'),
     deepImport: resolveError('${PACKAGE.name}/dist/src/index.js'),
   }));
   console.log('READY ' + (await app.getUrl()));
@@ -104,6 +105,8 @@ describe('the npm package (npm pack, installed into an app outside the repositor
       'dist/src/store/create-idempotency-keys.migration.d.ts',
       'dist/src/client/index.js',
       'dist/src/client/index.d.ts',
+      'dist/src/cls/index.js',
+      'dist/src/cls/index.d.ts',
       'dist/src/openapi/openapi-metadata.js',
     ]) {
       expect(files).toContain(file);
@@ -132,6 +135,7 @@ describe('the npm package (npm pack, installed into an app outside the repositor
     expect(published.exports).toEqual({
       '.': { types: './dist/src/index.d.ts', default: './dist/src/index.js' },
       './client': { types: './dist/src/client/index.d.ts', default: './dist/src/client/index.js' },
+      './cls': { types: './dist/src/cls/index.d.ts', default: './dist/src/cls/index.js' },
       './package.json': './package.json',
     });
     expect(published.dependencies ?? {}).toEqual({});
@@ -187,8 +191,9 @@ describe('the npm package (npm pack, installed into an app outside the repositor
     expect(report).toEqual({
       migrations: ['CreateIdempotencyKeys1764288000000'],
       client: 'function',
-      // It runs without the optional peer, and only the exported entry points can be imported.
+      // It runs without the optional peers, and only the exported entry points can be imported.
       swagger: 'MODULE_NOT_FOUND',
+      cls: 'MODULE_NOT_FOUND',
       deepImport: 'ERR_PACKAGE_PATH_NOT_EXPORTED',
     });
 

@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, type CallHandler } from '@nestjs/common';
+import { Inject, Injectable, Logger, Optional, type CallHandler } from '@nestjs/common';
 import { type Observable, catchError, throwError } from 'rxjs';
 import { captureResponse, type CapturedResponse, type Replacement } from '../capture/response-capture';
 import { IdempotencyErrorCode } from '../idempotency.exceptions';
@@ -13,6 +13,7 @@ import { toStoredResponse } from '../stored-response';
 import { isConnectionFailure, isTransactionConflict } from '../store/postgres-errors';
 import { RequestLifecycle } from '../request-lifecycle';
 import { requestTransactions } from './idempotency-transaction.decorator';
+import { TRANSACTION_SCOPE, type TransactionScope } from './transaction-scope';
 
 /**
  * Runs a transactional route's handler inside the request's transaction and decides, once the
@@ -33,6 +34,7 @@ export class TransactionalRun {
   constructor(
     private readonly errors: IdempotencyErrors,
     @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
+    @Optional() @Inject(TRANSACTION_SCOPE) private readonly scope?: TransactionScope,
   ) {}
 
   /** `owner` is the claim made in `transaction`, or undefined for a request without a key. */
@@ -112,7 +114,9 @@ export class TransactionalRun {
     };
     const progress = captureResponse(exchange.response, undefined, finish);
 
-    return lifecycle.observe(next).pipe(
+    const { scope } = this;
+    const handler: CallHandler = scope ? { handle: () => scope.run(transaction.manager, () => next.handle()) } : next;
+    return lifecycle.observe(handler).pipe(
       catchError((error: unknown) => {
         if (!isTransactionConflict(error)) return throwError(() => error);
         conflict = true;

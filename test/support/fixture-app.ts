@@ -26,6 +26,7 @@ import {
   UseGuards,
   UsePipes,
   BadRequestException,
+  type DynamicModule,
   type MiddlewareConsumer,
   type NestModule,
 } from '@nestjs/common';
@@ -275,12 +276,16 @@ export interface FixtureSpec {
   migration?: new () => MigrationInterface;
   /** Runs before the app listens, e.g. to add a platform hook. */
   configure?: (app: INestApplication) => void;
+  /** More modules and providers of the app's root module. */
+  imports?: DynamicModule[];
+  providers?: Type<unknown>[];
 }
 
 /** Boots an app with the module on a real port, against the given database. */
 export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promise<FixtureApp> {
   @Module({
     imports: [
+      ...(spec.imports ?? []),
       TypeOrmModule.forRoot({
         type: 'postgres',
         url: databaseUrl,
@@ -292,7 +297,7 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
       IdempotencyModule.forRoot(spec.options),
     ],
     controllers: spec.controllers,
-    providers: [Probe],
+    providers: [Probe, ...(spec.providers ?? [])],
   })
   class FixtureModule implements NestModule {
     configure(consumer: MiddlewareConsumer) {
