@@ -7,6 +7,7 @@ import { PLATFORMS, ThingsController, bootFixture, type FixtureApp, type Platfor
 import { authed, scopeOf, send, type WireResponse } from './support/http-client';
 import { LEDGER_SCHEMA, LedgerController } from './support/ledger-controller';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
+import { waitFor } from './support/wait-for';
 
 const K1 = { id: 'k1', secret: randomBytes(32) };
 const K2 = { id: 'k2', secret: randomBytes(32).toString('base64') };
@@ -128,6 +129,8 @@ describe.each(PLATFORMS)('Encrypted records (%s)', (platform: Platform) => {
       const token = randomUUID();
       const key = randomUUID();
       expect((await post(small, '/things/large', token, key)).status).toBe(201);
+      // An answer over the cap streams out as it is written; its record completes after.
+      await waitFor(async () => (await stored(key)).response_status !== null);
       const row = await stored(key);
       expect([row.response_status, row.response_headers, row.response_body]).toEqual([201, {}, null]);
       expect((await post(small, '/things/large', token, key)).json.error.code).toBe('idempotency_response_not_stored');
