@@ -9,7 +9,7 @@ import { apiKeyScope } from './auth/authenticated-request';
 import { ApiExceptionFilter } from './errors/api-exception.filter';
 import { KeysModule } from './keys/keys.module';
 
-/** What the sample needs from its host: where the database is, the secret keys are hashed with, and the one answers are sealed with. */
+/** What the sample needs from its host: the database, the secrets keys are hashed and answers sealed with. */
 export interface AppModuleOptions {
   databaseUrl: string;
   keySecret: Buffer;
@@ -47,7 +47,10 @@ export class AppModule {
           excludeHeaders: [],
           // A mint's answer holds the plain key: it is stored sealed, and opens only with the
           // caller's own API key (the bearer token) besides the record secret.
-          encryption: { keys: [{ id: recordKeyId(options.recordSecret), secret: options.recordSecret }], bindToCaller: true },
+          encryption: {
+            keys: [{ id: recordKeyId(options.recordSecret), secret: options.recordSecret }],
+            bindToCaller: true,
+          },
         }),
         KeysModule.forRoot(options.keySecret),
       ],

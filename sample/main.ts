@@ -12,7 +12,8 @@ import { bootstrapApiKey, createSampleApp } from './sample-app';
 //   DATABASE_URL        use this PostgreSQL instead of starting the embedded one
 //   PORT, HOST          where to listen (default 3000 on 127.0.0.1)
 //   PATOMIC_KEY_SECRET  secret API keys are hashed with (default: generated into <data>/key-secret)
-//   PATOMIC_RECORD_SECRET  base64 secret stored answers are sealed with (default: generated into <data>/record-secret)
+//   PATOMIC_RECORD_SECRET
+//                       base64 secret stored answers are sealed with (default: generated into <data>/record-secret)
 //   SAMPLE_DATA_DIR     data folder (default: .data/ at the repository root, git-ignored)
 
 /** How long a shutdown may take before the process exits anyway. */

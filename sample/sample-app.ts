@@ -29,7 +29,8 @@ export interface SampleAppOptions {
 export async function createSampleApp(databaseUrl: string, options: SampleAppOptions = {}): Promise<NestExpressApplication> {
   const keySecret = options.keySecret === undefined ? randomBytes(32) : Buffer.from(options.keySecret);
   const recordSecret = options.recordSecret ?? randomBytes(32);
-  const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot({ databaseUrl, keySecret, recordSecret }), {
+  const appModule = AppModule.forRoot({ databaseUrl, keySecret, recordSecret });
+  const app = await NestFactory.create<NestExpressApplication>(appModule, {
     logger: options.logger ?? ['error', 'warn'],
     // Let a failed start reject (main.ts prints it and stops the database) instead of aborting the process.
     abortOnError: false,

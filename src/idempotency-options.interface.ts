@@ -45,8 +45,10 @@ export interface IdempotencyModuleOptions {
   encryption?: RecordEncryptionOptions;
 }
 
+type ResolvedSeparately = 'dataSource' | 'formatError' | 'encryption';
+
 /** `IdempotencyModuleOptions` with every default applied. */
-export type ResolvedIdempotencyOptions = Required<Omit<IdempotencyModuleOptions, 'dataSource' | 'formatError' | 'encryption'>> & {
+export type ResolvedIdempotencyOptions = Required<Omit<IdempotencyModuleOptions, ResolvedSeparately>> & {
   dataSource?: string;
   formatError: (error: IdempotencyErrorDetails) => unknown;
   encryption?: ResolvedEncryption;

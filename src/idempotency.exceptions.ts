@@ -90,8 +90,10 @@ const TEMPLATES: Record<IdempotencyErrorCode, ErrorTemplate> = {
   idempotency_record_unreadable: {
     status: 409,
     param: null,
-    message: 'The original request with this Idempotency-Key completed, but its stored response cannot be opened (its encryption key was retired, the record was altered, or it is bound to another credential), so it is not replayed and the request was not run again.',
-    suggestion: 'Retry with the credential the original request used, or fetch the resulting resource; use a new key only for a new request.',
+    message:
+      'The original request with this Idempotency-Key completed, but its stored response cannot be opened (its encryption key ' +
+      'was retired, the record was altered, or it is bound to another credential); it is not replayed, and nothing ran again.',
+    suggestion: 'Retry with the credential of the original request, or fetch the resulting resource; a new key only for a new request.',
   },
   idempotency_store_unavailable: {
     status: 503,

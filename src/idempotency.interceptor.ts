@@ -128,7 +128,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
     }
     const scope = await this.options.scope(request);
     if (scope === undefined || scope === '') return this.unresolved(exchange);
-    const record = { scope, key: requestKey.key, fingerprint: fingerprintRequest(exchange), lease: this.options.lease, ttl: this.options.ttl };
+    const { lease, ttl } = this.options;
+    const record = { scope, key: requestKey.key, fingerprint: fingerprintRequest(exchange), lease, ttl };
     if (!this.sealer) return { record };
     // A caller-bound record needs its caller's secret: without it, the caller is not identified.
     const cipher = await this.sealer.cipherFor(request, scope, requestKey.key);
@@ -160,7 +161,8 @@ export class IdempotencyInterceptor implements NestInterceptor {
     if (outcome.response.body === null) throw this.errors.exception(IdempotencyErrorCode.ResponseNotStored, exchange);
     const response = this.opened(outcome.response, claim.cipher, trace, exchange);
     publishEvent('replayed', trace, { status: response.status });
-    replayResponse(exchange.response, { ...response, body: response.body! }, (name) => this.unstored.has(name), { [REPLAYED_HEADER]: 'true' });
+    const keepHeader = (name: string) => this.unstored.has(name);
+    replayResponse(exchange.response, { ...response, body: response.body! }, keepHeader, { [REPLAYED_HEADER]: 'true' });
     // Nest sends nothing for a handler that answers itself, and that handler does not run.
     if (answersItself) exchange.response.end();
     return of(undefined);
@@ -171,7 +173,12 @@ export class IdempotencyInterceptor implements NestInterceptor {
    * the `encryption` option — is never replayed: its request gets its own error instead, and never
    * runs the handler.
    */
-  private opened(stored: StoredResponse, cipher: RecordCipher | undefined, trace: RequestTrace, exchange: HttpExchange): StoredResponse {
+  private opened(
+    stored: StoredResponse,
+    cipher: RecordCipher | undefined,
+    trace: RequestTrace,
+    exchange: HttpExchange,
+  ): StoredResponse {
     let reason: string;
     if (cipher) {
       try {

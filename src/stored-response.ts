@@ -7,7 +7,11 @@ import type { StoredResponse } from './store/idempotency.store';
  * body unless it was streamed out or is over `maxBytes` (then `null`: completed, not replayable);
  * sealed by the run's cipher when there is one.
  */
-export function toStoredResponse(captured: CapturedResponse, { unstored, cipher }: RunContext, maxBytes: number): StoredResponse {
+export function toStoredResponse(
+  captured: CapturedResponse,
+  { unstored, cipher }: RunContext,
+  maxBytes: number,
+): StoredResponse {
   const headers: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(captured.headers)) {
     if (value !== undefined && !unstored.has(name)) headers[name] = typeof value === 'number' ? String(value) : value;

@@ -40,7 +40,10 @@ async function filesUnder(dir: string): Promise<string[]> {
 /** A pg_dump that can dump this server (its major version at least the server's), or undefined. */
 async function compatiblePgDump(serverMajor: number): Promise<string | undefined> {
   for (const candidate of [process.env.PG_DUMP, 'pg_dump'].filter((name): name is string => Boolean(name))) {
-    const version = await execFileAsync(candidate, ['--version']).then(({ stdout }) => /(\d+)\.\d+/.exec(stdout)?.[1], () => undefined);
+    const version = await execFileAsync(candidate, ['--version']).then(
+      ({ stdout }) => /(\d+)\.\d+/.exec(stdout)?.[1],
+      () => undefined,
+    );
     if (version !== undefined && Number(version) >= serverMajor) return candidate;
   }
   return undefined;
@@ -55,18 +58,21 @@ async function dumpDatabase(url: string): Promise<{ dump: Buffer; by: string }> 
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    const serverMajor = Math.floor(Number((await client.query('SHOW server_version_num')).rows[0].server_version_num) / 10_000);
+    const { server_version_num: version } = (await client.query('SHOW server_version_num')).rows[0];
+    const serverMajor = Math.floor(Number(version) / 10_000);
     const pgDump = await compatiblePgDump(serverMajor);
     if (pgDump) {
-      const { stdout } = await execFileAsync(pgDump, ['--dbname', url], { encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 });
-      return { dump: stdout, by: pgDump };
+      const dumped = await execFileAsync(pgDump, ['--dbname', url], { encoding: 'buffer', maxBuffer: 256 * 2 ** 20 });
+      return { dump: dumped.stdout, by: pgDump };
     }
-    const tables = (
-      await client.query(`SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')`)
-    ).rows;
+    const { rows: tables } = await client.query(
+      `SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables
+       WHERE schemaname NOT IN ('pg_catalog', 'information_schema')`,
+    );
     const rows: string[] = [];
     for (const { name } of tables) {
-      for (const row of (await client.query(`SELECT t::text AS line FROM ${name} t`)).rows) rows.push(`${name} ${row.line}`);
+      const { rows: lines } = await client.query(`SELECT t::text AS line FROM ${name} t`);
+      for (const { line } of lines) rows.push(`${name} ${line}`);
     }
     return { dump: Buffer.from(rows.join('\n')), by: 'every table read as text' };
   } finally {
@@ -102,10 +108,11 @@ describe('Sample API: a minted plain_key in a dump of its database', () => {
     expect((await stat(path.join(dataDir, RECORD_SECRET_FILE))).mode & 0o777).toBe(0o600);
   });
 
-  it('finds the plain key nowhere after a mint: not in the dump, not in any file of the server; the retry still replays it', async () => {
+  it('finds the plain key nowhere after a mint, in the dump or any file of the server; the retry replays it', async () => {
     const bootstrapKey = (await bootstrapApiKey(app))!;
     const idempotencyKey = randomUUID();
-    const request = { path: '/v1/keys', headers: authed(bootstrapKey, idempotencyKey), body: { name: 'dumped', rate_limit_rpm: 10 } };
+    const body = { name: 'dumped', rate_limit_rpm: 10 };
+    const request = { path: '/v1/keys', headers: authed(bootstrapKey, idempotencyKey), body };
     const minted = await send(url, request);
     expect(minted.status).toBe(201);
     const plainKey: string = minted.json.plain_key;
@@ -119,7 +126,8 @@ describe('Sample API: a minted plain_key in a dump of its database', () => {
     await client.connect();
     try {
       await client.query('CREATE TABLE dump_canary (as_text text, as_bytes bytea)');
-      await client.query('INSERT INTO dump_canary VALUES ($1, $2)', [canary.slice(0, 30), Buffer.from(canary.slice(30))]);
+      const [asText, asBytes] = [canary.slice(0, 30), Buffer.from(canary.slice(30))];
+      await client.query('INSERT INTO dump_canary VALUES ($1, $2)', [asText, asBytes]);
       // Flush every dirty page to the heap files (WAL has the rows already).
       await client.query('CHECKPOINT');
     } finally {

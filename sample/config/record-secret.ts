@@ -30,7 +30,7 @@ export function recordKeyId(secret: Buffer): string {
 function decoded(base64: string, where: string): Buffer {
   const secret = Buffer.from(base64, 'base64');
   if (secret.length !== SECRET_BYTES || secret.toString('base64') !== base64.trim()) {
-    throw new Error(`${where} must hold base64 of ${SECRET_BYTES} random bytes; generate one with: openssl rand -base64 32`);
+    throw new Error(`${where} must hold base64 of ${SECRET_BYTES} random bytes: openssl rand -base64 32`);
   }
   return secret;
 }

@@ -7,8 +7,11 @@ export interface RecordEncryptionKey {
   secret: Buffer | string;
 }
 
-/** Resolves the secret only the caller holds, that caller-bound records are sealed with; `undefined` means unresolved. */
-export type CallerSecretResolver = (request: any) => string | Buffer | undefined | Promise<string | Buffer | undefined>;
+/** Resolves the secret only the caller holds, that caller-bound records are sealed with; `undefined`: unresolved. */
+export type CallerSecretResolver = (request: any) => CallerSecret | undefined | Promise<CallerSecret | undefined>;
+
+/** A caller's secret: text (as UTF-8) or bytes. */
+export type CallerSecret = string | Buffer;
 
 /** The `encryption` option: seals stored answers with AES-256-GCM. */
 export interface RecordEncryptionOptions {
@@ -41,16 +44,19 @@ export function resolveEncryption(options: RecordEncryptionOptions | undefined):
     throw new IdempotencyConfigurationError(`IdempotencyModule option ${message}`);
   };
   if (!Array.isArray(options.keys) || options.keys.length === 0) {
-    fail(`"encryption.keys" lists no key; add { id, secret } with 32 random bytes (${HOW_TO_MAKE_A_SECRET}), or remove "encryption".`);
+    fail(`"encryption.keys" lists no key; add { id, secret } with 32 random bytes (${HOW_TO_MAKE_A_SECRET}).`);
   }
   const keys = new Map<string, Buffer>();
   for (const { id, secret } of options.keys) {
-    if (typeof id !== 'string' || !KEY_ID.test(id)) fail(`"encryption.keys": a key id must be 1-64 printable ASCII characters without spaces; got ${JSON.stringify(id)}.`);
+    if (typeof id !== 'string' || !KEY_ID.test(id)) {
+      const got = JSON.stringify(id);
+      fail(`"encryption.keys": a key id must be 1-64 printable ASCII characters without spaces; got ${got}.`);
+    }
     if (keys.has(id)) fail(`"encryption.keys" lists the key id "${id}" twice; give each key its own id.`);
     keys.set(id, secretBytes(id, secret, fail));
   }
   if (options.callerSecret !== undefined && options.bindToCaller !== true) {
-    fail('"encryption.callerSecret" is only used with bindToCaller: true; set bindToCaller: true, or remove callerSecret.');
+    fail('"encryption.callerSecret" is only used with bindToCaller: true; set bindToCaller: true, or remove it.');
   }
   const [id, secret] = keys.entries().next().value as [string, Buffer];
   return {
@@ -70,11 +76,12 @@ function secretBytes(id: string, secret: Buffer | string, fail: (message: string
     // Node's decoder skips what is not base64: only a secret that encodes back to itself is one.
     const canonical = (text: string) => text.replace(/=+$/, '').replace(/-/g, '+').replace(/_/g, '/');
     if (typeof secret !== 'string' || canonical(bytes.toString('base64')) !== canonical(secret.trim())) {
-      fail(`"encryption.keys": the secret of key "${id}" is not base64; give a Buffer, or base64 of 32 random bytes (${HOW_TO_MAKE_A_SECRET}).`);
+      fail(`"encryption.keys": the secret of key "${id}" is not base64; give a Buffer, or base64 of 32 random bytes.`);
     }
   }
   if (bytes.length !== SECRET_BYTES) {
-    fail(`"encryption.keys": the secret of key "${id}" is ${bytes.length} bytes; it must be 32 random bytes (${HOW_TO_MAKE_A_SECRET}).`);
+    const problem = `the secret of key "${id}" is ${bytes.length} bytes`;
+    fail(`"encryption.keys": ${problem}; it must be 32 random bytes (${HOW_TO_MAKE_A_SECRET}).`);
   }
   return bytes;
 }

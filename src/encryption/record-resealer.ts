@@ -44,7 +44,7 @@ export class RecordResealer {
   /** Re-seals every live record sealed under an older key that the ring still lists; returns how many. */
   async reseal(batchSize: number): Promise<number> {
     if (!this.encryption) {
-      throw new IdempotencyConfigurationError('IdempotencyService.reencrypt() needs the "encryption" option; set it with the new key first.');
+      throw new IdempotencyConfigurationError('IdempotencyService.reencrypt() needs the "encryption" option (new key first).');
     }
     const { keys, sealingKey } = this.encryption;
     const pool = (this.dataSource.driver as unknown as { master: Pool }).master;
@@ -57,15 +57,16 @@ export class RecordResealer {
       // A key the ring no longer lists cannot be unmasked: such a record stays unreadable.
       const batch = rows
         .filter((row) => keys.has(row.key_id) && row.head.length === SEALED_HEAD_BYTES)
-        .map((row) => ({
-          scope: row.api_key_id,
-          key: row.idem_key,
-          fence: row.fence,
-          key_id: row.key_id,
-          old_head: row.head.toString('hex'),
-          head: remask(row.head, row.api_key_id, row.idem_key, keys.get(row.key_id)!, sealingKey.secret).toString('hex'),
+        .map(({ api_key_id: scope, idem_key: key, fence, key_id, head }) => ({
+          scope,
+          key,
+          fence,
+          key_id,
+          old_head: head.toString('hex'),
+          head: remask(head, scope, key, keys.get(key_id)!, sealingKey.secret).toString('hex'),
         }));
-      if (batch.length > 0) total += (await pool.query(RESEAL_BATCH, [JSON.stringify(batch), sealingKey.id])).rowCount ?? 0;
+      if (batch.length === 0) continue;
+      total += (await pool.query(RESEAL_BATCH, [JSON.stringify(batch), sealingKey.id])).rowCount ?? 0;
       if (rows.length < batchSize) return total;
     }
   }

@@ -1,4 +1,5 @@
-import { createCipheriv, createDecipheriv, createHmac, randomBytes, type CipherGCM, type DecipherGCM } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
+import type { CipherGCM, DecipherGCM } from 'node:crypto';
 import type { StoredResponse } from '../store/idempotency.store';
 import type { ResolvedEncryption } from './encryption-options';
 
@@ -98,12 +99,16 @@ export class RecordCipher {
   open({ status, headers, body }: StoredResponse): StoredResponse {
     const id = headers[SEALED_MARKER];
     const secret = typeof id === 'string' ? this.#encryption.keys.get(id) : undefined;
-    if (!secret) throw new UnreadableRecordError(`it is sealed under the key "${String(id)}", which encryption.keys does not list`);
-    if (body === null || body.length < SEALED_HEAD_BYTES + LENGTH_BYTES + TAG_BYTES) throw new UnreadableRecordError('its sealed body is truncated');
+    if (!secret) throw new UnreadableRecordError(`it is sealed under the key "${String(id)}", not in encryption.keys`);
+    if (body === null || body.length < SEALED_HEAD_BYTES + LENGTH_BYTES + TAG_BYTES) {
+      throw new UnreadableRecordError('its sealed body is truncated');
+    }
     const format = body[0];
-    if (format !== SERVER_SEALED && format !== CALLER_BOUND) throw new UnreadableRecordError(`its sealed body has an unknown format (${format})`);
+    if (format !== SERVER_SEALED && format !== CALLER_BOUND) {
+      throw new UnreadableRecordError(`its sealed body has an unknown format (${format})`);
+    }
     if (format === CALLER_BOUND && !this.#callerSecret) {
-      throw new UnreadableRecordError('it is bound to its caller, and this module does not bind records (encryption.bindToCaller)');
+      throw new UnreadableRecordError('it is bound to its caller, and this module does not bind records');
     }
 
     const nonce = body.subarray(1, 1 + NONCE_BYTES);
@@ -118,10 +123,14 @@ export class RecordCipher {
       // Nothing deciphered is used before the tag has been checked here.
       decipher.final();
     } catch {
-      throw new UnreadableRecordError('it does not authenticate: changed in the table, moved to another scope or key, or sealed for another caller');
+      throw new UnreadableRecordError(
+        'it does not authenticate: changed in the table, moved to another scope or key, or sealed for another caller',
+      );
     }
     const headerLength = plain.readUInt32BE(0);
-    if (end !== plain.length || LENGTH_BYTES + headerLength > plain.length) throw new UnreadableRecordError('its sealed content is malformed');
+    if (end !== plain.length || LENGTH_BYTES + headerLength > plain.length) {
+      throw new UnreadableRecordError('its sealed content is malformed');
+    }
     return {
       status,
       headers: JSON.parse(plain.toString('utf8', LENGTH_BYTES, LENGTH_BYTES + headerLength)),

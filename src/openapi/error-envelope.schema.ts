@@ -23,7 +23,8 @@ const CODE_NOTES: Record<IdempotencyErrorCode, string> = {
   idempotency_key_in_use: 'a request with this key is still being processed; retry with the same key after `Retry-After`.',
   idempotency_response_not_stored: 'the original request completed, but its response could not be stored for replay.',
   idempotency_record_unreadable:
-    'the original request completed, but its stored response cannot be opened (only with the `encryption` option: a retired key, an altered record, or another credential than the original request).',
+    'the original request completed, but its stored response cannot be opened (only with the `encryption` option: ' +
+    'a retired key, an altered record, or another credential than the original request).',
   transaction_conflict: 'the request conflicted with a concurrent transaction and was rolled back; retry with the same key after `Retry-After`.',
   internal_error: 'the transaction could not be committed: nothing was changed or stored, and a retry with the same key runs the request again.',
   idempotency_store_unavailable: 'idempotency records cannot be reached right now (fail closed); retry with the same key after `Retry-After`.',
@@ -36,8 +37,8 @@ const CODE_NOTES: Record<IdempotencyErrorCode, string> = {
  * here against the status the module really answers it with.
  */
 export function documentedErrors(route: IdempotentRouteOptions): DocumentedError[] {
-  const { InvalidKey, MissingKey, ScopeUnresolved, KeyConflict, KeyInUse, ResponseNotStored, RecordUnreadable } = IdempotencyErrorCode;
-  const { TransactionConflict, InternalError, StoreUnavailable } = IdempotencyErrorCode;
+  const { InvalidKey, MissingKey, ScopeUnresolved, KeyConflict, KeyInUse, ResponseNotStored } = IdempotencyErrorCode;
+  const { RecordUnreadable, TransactionConflict, InternalError, StoreUnavailable } = IdempotencyErrorCode;
   const unanswered = [KeyConflict, KeyInUse, ResponseNotStored, RecordUnreadable];
   const errors: DocumentedError[] = [
     { status: 400, summary: 'Invalid Idempotency-Key; the handler did not run.', codes: route.required ? [InvalidKey, MissingKey] : [InvalidKey], retryAfter: false },
