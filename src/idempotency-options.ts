@@ -1,3 +1,4 @@
+import { resolveEncryption } from './encryption/encryption-options';
 import { IdempotencyConfigurationError, defaultDocsUrl, formatErrorEnvelope } from './idempotency.exceptions';
 import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { bearerTokenScope } from './idempotency-scope';
@@ -6,7 +7,7 @@ import type { IsolationLevel } from './store/idempotency.store';
 /** Injection token of the options with their defaults applied. */
 export const RESOLVED_IDEMPOTENCY_OPTIONS = Symbol('idempotency:resolved-options');
 
-const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease'> = {
+const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease' | 'encryption'> = {
   ttl: 24 * 60 * 60 * 1000,
   scope: bearerTokenScope,
   onUnresolvedScope: 'reject',
@@ -66,5 +67,6 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
     throw new IdempotencyConfigurationError(`IdempotencyModule option "isolation" must be one of ${ISOLATION_LEVELS.join(', ')}; got ${String(resolved.isolation)}.`);
   }
   resolved.excludeHeaders = resolved.excludeHeaders.map((name) => name.toLowerCase());
+  resolved.encryption = resolveEncryption(options.encryption);
   return resolved;
 }
