@@ -17,6 +17,8 @@ export const ROUTES = {
   naive: process.env.BENCH_NAIVE === 'raw' ? '/naive-raw/payments' : '/naive/payments',
   /** One SELECT by key, answering the stored response. */
   naiveReplay: process.env.BENCH_NAIVE === 'raw' ? '/naive-raw/replay' : '/naive/replay',
+  /** The same handler padded to `SIZED_RESPONSE_BYTES`: the encryption pairs, in the module's app with and without `encryption`. */
+  sized: '/payments/sized',
   /** The same handler, padded to `BIG_RESPONSE_BYTES`, with and without `@Idempotent()` (memory bench). */
   bigIdempotent: '/big/payments',
   bigPlain: '/big/plain',
@@ -25,6 +27,16 @@ export const ROUTES = {
 /** Size of the large response of the memory bench. */
 export const BIG_RESPONSE_BYTES = 5 * 1024 * 1024;
 
+/** Size of the answers of the encryption pairs (BENCH_SEALED_BYTES): the issue's goal holds up to 4 KiB. */
+export const SIZED_RESPONSE_BYTES = Number(process.env.BENCH_SEALED_BYTES ?? 4096);
+
+/** The ring of the app with `encryption`, also used to seal its seeded records. */
+export const BENCH_RECORD_KEY = { id: 'bench', secret: Buffer.alloc(32, 7) };
+
+/** Completed records of `ROUTES.sized` seeded for each app of the encryption pairs, in clear and sealed. */
+export const SEEDED_SIZED_RECORDS = 20_000;
+export const SEEDED_SIZED_PREFIX = { clear: 'sized-', sealed: 'sealed-' } as const;
+
 /** Completed records seeded straight into each table before the run. */
 export const SEEDED_RECORDS = 100_000;
 export const SEEDED_KEY_PREFIX = 'seeded-';
@@ -32,6 +44,12 @@ export const SEEDED_KEY_PREFIX = 'seeded-';
 /** The response the handler gives, also stored in the seeded records. */
 export function payment(id: string, body: { amount?: unknown; currency?: unknown }) {
   return { id, object: 'payment', amount: body.amount, currency: body.currency, status: 'succeeded' };
+}
+
+/** The answer of `ROUTES.sized`: a payment padded so that its JSON is `SIZED_RESPONSE_BYTES` long. */
+export function sizedPayment(id: string, body: { amount?: unknown; currency?: unknown }) {
+  const unpadded = JSON.stringify({ ...payment(id, body), padding: '' }).length;
+  return { ...payment(id, body), padding: 'x'.repeat(Math.max(0, SIZED_RESPONSE_BYTES - unpadded)) };
 }
 
 /** The fingerprint the module computes for a benchmark request to `path` (JSON body, parsed). */

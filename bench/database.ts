@@ -5,7 +5,21 @@ import pg from 'pg';
 import { DataSource } from 'typeorm';
 import { startEmbeddedDatabase } from '../sample/embedded-database';
 import { CreateIdempotencyKeys1764288000000 } from '../src';
-import { NAIVE_TABLE, REQUEST_BODY, ROUTES, SCOPE, SEEDED_KEY_PREFIX, moduleFingerprint, naiveFingerprint, payment } from './common';
+import { resolveEncryption } from '../src/encryption/encryption-options';
+import { RecordCipher } from '../src/encryption/record-sealer';
+import {
+  BENCH_RECORD_KEY,
+  NAIVE_TABLE,
+  REQUEST_BODY,
+  ROUTES,
+  SCOPE,
+  SEEDED_KEY_PREFIX,
+  SEEDED_SIZED_PREFIX,
+  moduleFingerprint,
+  naiveFingerprint,
+  payment,
+  sizedPayment,
+} from './common';
 
 export interface BenchDatabase {
   url: string;
@@ -84,4 +98,35 @@ export async function seedCompletedRecords(database: BenchDatabase, count: numbe
   await database.query(`VACUUM ANALYZE idempotency_keys`);
   await database.query(`VACUUM ANALYZE ${NAIVE_TABLE}`);
   await database.query('CHECKPOINT');
+}
+
+/**
+ * Inserts `count` completed records of `ROUTES.sized` twice: `sized-<n>` in clear for the module's
+ * app, `sealed-<n>` sealed under BENCH_RECORD_KEY (by the module's own sealer) for the app with
+ * `encryption`. Call before seedCompletedRecords, which vacuums and checkpoints.
+ */
+export async function seedSizedRecords(database: BenchDatabase, count: number): Promise<void> {
+  const body = JSON.parse(REQUEST_BODY);
+  const fingerprint = moduleFingerprint(ROUTES.sized);
+  const encryption = resolveEncryption({ keys: [BENCH_RECORD_KEY] })!;
+  const headers = { 'content-type': 'application/json; charset=utf-8' };
+  const CHUNK = 1000;
+  for (const [kind, prefix] of Object.entries(SEEDED_SIZED_PREFIX)) {
+    for (let start = 1; start <= count; start += CHUNK) {
+      const rows = [];
+      for (let n = start; n < Math.min(start + CHUNK, count + 1); n++) {
+        const key = `${prefix}${n}`;
+        const response = { status: 201, headers, body: Buffer.from(JSON.stringify(sizedPayment(`pay_${key}`, body))) };
+        const stored = kind === 'sealed' ? new RecordCipher(encryption, SCOPE, key, undefined).seal(response) : response;
+        rows.push({ key, headers: stored.headers, body: stored.body!.toString('hex') });
+      }
+      await database.query(
+        `INSERT INTO idempotency_keys (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at, completed_at,
+                                       response_status, response_headers, response_body)
+         SELECT $1, v.key, $2, 1, NULL, now() + interval '1 day', now(), now(), 201, v.headers, decode(v.body, 'hex')
+         FROM jsonb_to_recordset($3::jsonb) AS v(key text, headers jsonb, body text)`,
+        [SCOPE, fingerprint, JSON.stringify(rows)],
+      );
+    }
+  }
 }

@@ -16,15 +16,18 @@ export class ServerProcess {
   static async start(options: {
     platform: Platform;
     withModule: boolean;
+    /** The module with `encryption` (BENCH_RECORD_KEY). */
+    encrypted?: boolean;
     databaseUrl: string;
     maxResponseBytes?: number;
   }): Promise<ServerProcess> {
-    const label = `${options.platform}/${options.withModule ? 'module' : 'no-module'}`;
+    const label = `${options.platform}/${options.withModule ? `module${options.encrypted ? '+encryption' : ''}` : 'no-module'}`;
     const child = fork(path.join(__dirname, 'server.js'), [], {
       env: {
         ...process.env,
         BENCH_PLATFORM: options.platform,
         BENCH_MODULE: options.withModule ? '1' : '0',
+        BENCH_ENCRYPTION: options.encrypted ? '1' : '0',
         DATABASE_URL: options.databaseUrl,
         BENCH_MAX_RESPONSE_BYTES: String(options.maxResponseBytes ?? 1024 * 1024),
         NODE_ENV: 'production',

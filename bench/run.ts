@@ -3,19 +3,38 @@
  * Express and Fastify, in one run. See bench/README.md.
  */
 import { randomBytes } from 'node:crypto';
-import { NAIVE_TABLE, ROUTES, SEEDED_KEY_PREFIX, SEEDED_RECORDS, type Platform } from './common';
-import { createSchema, seedCompletedRecords, startBenchDatabase, type BenchDatabase } from './database';
+import { NAIVE_TABLE, ROUTES, SEEDED_KEY_PREFIX, SEEDED_RECORDS, SEEDED_SIZED_PREFIX, SEEDED_SIZED_RECORDS, SIZED_RESPONSE_BYTES, type Platform } from './common';
+import { createSchema, seedCompletedRecords, seedSizedRecords, startBenchDatabase, type BenchDatabase } from './database';
 import { combineLoads, runLoad, type LoadResult } from './load';
 import { ServerProcess, formatMb, machineBusyMs, ownCpuMs, postgresCpuMs } from './processes';
 
-type AppKind = 'plain' | 'module';
-type ScenarioName = 'bare' | 'untouched' | 'naive' | 'first' | 'naive-replay' | 'replay' | 'first-tx';
+/** The app without the module, the app with it, and the app with it and `encryption`. */
+type AppKind = 'plain' | 'module' | 'sealed';
+type ScenarioName =
+  | 'bare'
+  | 'untouched'
+  | 'naive'
+  | 'first'
+  | 'naive-replay'
+  | 'replay'
+  | 'first-tx'
+  | 'first-sized'
+  | 'first-sealed'
+  | 'replay-sized'
+  | 'replay-sealed';
+
+/** Keys of records seeded before the run: `<prefix>1` … `<prefix><count>`. */
+interface SeededKeys {
+  prefix: string;
+  count: number;
+}
+const SEEDED: SeededKeys = { prefix: SEEDED_KEY_PREFIX, count: SEEDED_RECORDS };
 
 interface Scenario {
   name: ScenarioName;
   app: AppKind;
   path: string;
-  keys: 'fresh' | 'seeded';
+  keys: 'fresh' | SeededKeys;
   /** The handler's counter, to check it ran once per response (fresh keys) or never (replays). */
   handler: string;
 }
@@ -25,9 +44,14 @@ const SCENARIOS: Record<ScenarioName, Scenario> = {
   untouched: { name: 'untouched', app: 'module', path: ROUTES.plain, keys: 'fresh', handler: 'plain' },
   naive: { name: 'naive', app: 'plain', path: ROUTES.naive, keys: 'fresh', handler: 'naive' },
   first: { name: 'first', app: 'module', path: ROUTES.idempotent, keys: 'fresh', handler: 'payments' },
-  'naive-replay': { name: 'naive-replay', app: 'plain', path: ROUTES.naiveReplay, keys: 'seeded', handler: 'naive' },
-  replay: { name: 'replay', app: 'module', path: ROUTES.idempotent, keys: 'seeded', handler: 'payments' },
+  'naive-replay': { name: 'naive-replay', app: 'plain', path: ROUTES.naiveReplay, keys: SEEDED, handler: 'naive' },
+  replay: { name: 'replay', app: 'module', path: ROUTES.idempotent, keys: SEEDED, handler: 'payments' },
   'first-tx': { name: 'first-tx', app: 'module', path: ROUTES.transactional, keys: 'fresh', handler: 'transactional' },
+  // Encryption on against off: the same route and answer size, in the module's app with and without it.
+  'first-sized': { name: 'first-sized', app: 'module', path: ROUTES.sized, keys: 'fresh', handler: 'sized' },
+  'first-sealed': { name: 'first-sealed', app: 'sealed', path: ROUTES.sized, keys: 'fresh', handler: 'sized' },
+  'replay-sized': { name: 'replay-sized', app: 'module', path: ROUTES.sized, keys: { prefix: SEEDED_SIZED_PREFIX.clear, count: SEEDED_SIZED_RECORDS }, handler: 'sized' },
+  'replay-sealed': { name: 'replay-sealed', app: 'sealed', path: ROUTES.sized, keys: { prefix: SEEDED_SIZED_PREFIX.sealed, count: SEEDED_SIZED_RECORDS }, handler: 'sized' },
 };
 
 /** The ratios of the last line: module scenario over its baseline. */
@@ -35,6 +59,8 @@ const ALL_RATIOS: [string, ScenarioName, ScenarioName, number][] = [
   ['first/naive', 'first', 'naive', 1.0],
   ['replay/naive', 'replay', 'naive-replay', 1.0],
   ['untouched/bare', 'untouched', 'bare', 0.98],
+  ['first-sealed/first-sized', 'first-sealed', 'first-sized', 0.95],
+  ['replay-sealed/replay-sized', 'replay-sealed', 'replay-sized', 0.95],
   // Not a target: the module's transactional mode (one transaction, like the baseline).
   ['first-tx/naive', 'first-tx', 'naive', 0],
 ];
@@ -74,7 +100,7 @@ interface Cell {
 const runId = randomBytes(4).toString('hex');
 let keyCounter = 0;
 const freshKey = () => `bench-${runId}-${++keyCounter}`;
-const seededKey = () => `${SEEDED_KEY_PREFIX}${1 + Math.floor(Math.random() * SEEDED_RECORDS)}`;
+const seededKey = ({ prefix, count }: SeededKeys) => () => `${prefix}${1 + Math.floor(Math.random() * count)}`;
 
 /** What one scenario of a pair adds up over its slices. */
 interface Tally {
@@ -92,34 +118,34 @@ interface Tally {
  */
 async function measurePairOnce(
   database: BenchDatabase,
-  apps: Record<AppKind, ServerProcess>,
+  apps: Partial<Record<AppKind, ServerProcess>>,
   platform: Platform,
   pair: [Scenario, Scenario],
   connections: number,
   round: number,
 ): Promise<Cell[]> {
-  const keys = (scenario: Scenario) => (scenario.keys === 'fresh' ? freshKey : seededKey);
+  const keys = (scenario: Scenario) => (scenario.keys === 'fresh' ? freshKey : seededKey(scenario.keys));
   const settle = () => new Promise((resolve) => setTimeout(resolve, 200));
   // Start every pair from the same place: no vacuum or checkpoint owed from the previous pair, so
   // autovacuum does not bill the garbage of one pair to the next (either table may be its target).
   await database.query(`VACUUM idempotency_keys, ${NAIVE_TABLE}`);
   await database.query('CHECKPOINT');
   for (const scenario of pair) {
-    if (WARMUP > 0) await runLoad({ url: apps[scenario.app].url, path: scenario.path, connections, duration: WARMUP, nextKey: keys(scenario) });
+    if (WARMUP > 0) await runLoad({ url: apps[scenario.app]!.url, path: scenario.path, connections, duration: WARMUP, nextKey: keys(scenario) });
   }
   // Let requests cut off at the end of a run finish before counting handler calls.
   await settle();
-  const before = await Promise.all(pair.map((scenario) => apps[scenario.app].stats()));
+  const before = await Promise.all(pair.map((scenario) => apps[scenario.app]!.stats()));
   const tallies: Tally[] = pair.map(() => ({ loads: [], appMs: 0, pgMs: 0, foreignMs: 0, elapsedMs: 0 }));
   for (let slice = 0; slice < SLICES; slice++) {
     for (const index of slice % 2 === 0 ? [0, 1] : [1, 0]) {
       const scenario = pair[index];
-      const app = apps[scenario.app];
+      const app = apps[scenario.app]!;
       const tally = tallies[index];
       const cpu = () => ({
         app: app.cpuMs(),
         pg: postgresCpuMs(database.dataDir),
-        ours: ownCpuMs() + apps.plain.cpuMs() + apps.module.cpuMs(),
+        ours: ownCpuMs() + Object.values(apps).reduce((sum, running) => sum + (running?.cpuMs() ?? 0), 0),
         machine: machineBusyMs(),
         at: Date.now(),
       });
@@ -133,7 +159,7 @@ async function measurePairOnce(
     }
   }
   await settle();
-  const after = await Promise.all(pair.map((scenario) => apps[scenario.app].stats()));
+  const after = await Promise.all(pair.map((scenario) => apps[scenario.app]!.stats()));
 
   return pair.map((scenario, index) => {
     const tally = tallies[index];
@@ -143,7 +169,7 @@ async function measurePairOnce(
     if (load.non2xx > 0) problems.push(`${load.non2xx} non-2xx responses ${JSON.stringify(load.statusCodes)}`);
     if (load.errors > 0) problems.push(`${load.errors} connection errors`);
     if (load.timeouts > 0) problems.push(`${load.timeouts} timeouts`);
-    if (scenario.keys === 'seeded' && handlerCalls !== 0) problems.push(`handler ran ${handlerCalls} times on replays`);
+    if (scenario.keys !== 'fresh' && handlerCalls !== 0) problems.push(`handler ran ${handlerCalls} times on replays`);
     // A request cut off at the end of a slice may have run the handler without its response being counted.
     if (scenario.keys === 'fresh' && (handlerCalls < load.responses || handlerCalls > load.responses + connections * SLICES)) {
       problems.push(`handler ran ${handlerCalls} times for ${load.responses} responses`);
@@ -154,7 +180,7 @@ async function measurePairOnce(
       connections,
       round,
       load,
-      rss: apps[scenario.app].rss(),
+      rss: apps[scenario.app]!.rss(),
       appCpuPerRequest: (tally.appMs * 1000) / load.responses,
       pgCpuPerRequest: (tally.pgMs * 1000) / load.responses,
       foreignCores: Math.max(0, tally.foreignMs / tally.elapsedMs),
@@ -198,12 +224,17 @@ async function main(): Promise<void> {
   const log = (message: string) => console.error(`[bench +${((Date.now() - startedAt) / 1000).toFixed(0)}s] ${message}`);
   const database = await startBenchDatabase();
   const cells: Cell[] = [];
-  let apps: Record<AppKind, ServerProcess> | undefined;
+  let apps: Partial<Record<AppKind, ServerProcess>> | undefined;
+  const sealedApp = RATIOS.some(([, module]) => SCENARIOS[module].app === 'sealed');
   try {
     const version = (await database.query('SHOW server_version')).rows[0].server_version;
     const settings = (await database.query(`SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')`)).rows;
     log(`PostgreSQL ${version} (${settings.map((s) => `${s.name}=${s.setting}`).join(', ')}), data dir ${database.dataDir}`);
     await createSchema(database.url);
+    if (sealedApp) {
+      await seedSizedRecords(database, SEEDED_SIZED_RECORDS);
+      log(`seeded ${SEEDED_SIZED_RECORDS} records of ${SIZED_RESPONSE_BYTES} bytes in clear and as many sealed`);
+    }
     await seedCompletedRecords(database, SEEDED_RECORDS);
     log(`seeded ${SEEDED_RECORDS} completed records into each table`);
 
@@ -214,6 +245,7 @@ async function main(): Promise<void> {
         apps = {
           plain: await ServerProcess.start({ platform, withModule: false, databaseUrl: database.url }),
           module: await ServerProcess.start({ platform, withModule: true, databaseUrl: database.url }),
+          sealed: sealedApp ? await ServerProcess.start({ platform, withModule: true, encrypted: true, databaseUrl: database.url }) : undefined,
         };
         // Round 1 covers every connection count; later rounds repeat the cells of the ratios.
         const connectionCounts = round === 1 ? CONNECTIONS : [RATIO_CONNECTIONS];
@@ -227,13 +259,12 @@ async function main(): Promise<void> {
             }
           }
         }
-        await apps.plain.stop();
-        await apps.module.stop();
+        for (const running of Object.values(apps)) await running?.stop();
         apps = undefined;
       }
     }
   } finally {
-    if (apps) await Promise.all([apps.plain.stop(), apps.module.stop()]);
+    if (apps) await Promise.all(Object.values(apps).map((running) => running?.stop()));
     await database.stop();
   }
 

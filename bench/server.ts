@@ -4,7 +4,8 @@
  * is whether `IdempotencyModule` is imported, with the controller of the routes marked `@Idempotent()`
  * (placed among the others as BenchAppModule says).
  *
- * Env: BENCH_PLATFORM=express|fastify, BENCH_MODULE=1|0, DATABASE_URL, BENCH_MAX_RESPONSE_BYTES.
+ * Env: BENCH_PLATFORM=express|fastify, BENCH_MODULE=1|0, DATABASE_URL, BENCH_MAX_RESPONSE_BYTES,
+ * BENCH_ENCRYPTION=1 (the module with `encryption`).
  */
 import 'reflect-metadata';
 import {
@@ -33,7 +34,17 @@ import { createHash } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'pg';
 import { IdempotencyModule, Idempotent } from '../src';
-import { BIG_RESPONSE_BYTES, NAIVE_TABLE, naiveFingerprint, payment, type Platform, type ServerRequest, type ServerStats } from './common';
+import {
+  BENCH_RECORD_KEY,
+  BIG_RESPONSE_BYTES,
+  NAIVE_TABLE,
+  naiveFingerprint,
+  payment,
+  sizedPayment,
+  type Platform,
+  type ServerRequest,
+  type ServerStats,
+} from './common';
 
 const NAIVE_POOL = Symbol('naive-pool');
 const JSON_TYPE = 'application/json; charset=utf-8';
@@ -78,6 +89,12 @@ class IdempotentPaymentsController {
   @Post('payments/transactional') @Idempotent({ transactional: true })
   createTransactional(@Body() body: Record<string, unknown>) {
     return payment(this.counter.next('transactional'), body);
+  }
+
+  /** The encryption pairs: the same route in the module's app with and without `encryption`. */
+  @Post('payments/sized') @Idempotent()
+  sized(@Body() body: Record<string, unknown>) {
+    return sizedPayment(this.counter.next('sized'), body);
   }
 
   @Post('big/payments') @Idempotent()
@@ -254,12 +271,12 @@ class RawNaiveController {
 
 @Module({})
 class BenchAppModule {
-  static register(databaseUrl: string, withModule: boolean, maxResponseBytes: number): DynamicModule {
+  static register(databaseUrl: string, withModule: boolean, maxResponseBytes: number, encrypted: boolean): DynamicModule {
     return {
       module: BenchAppModule,
       imports: [
         TypeOrmModule.forRoot({ type: 'postgres', url: databaseUrl, autoLoadEntities: true, synchronize: false, extra: { max: 10 } }),
-        ...(withModule ? [IdempotencyModule.forRoot({ maxResponseBytes })] : []),
+        ...(withModule ? [IdempotencyModule.forRoot({ maxResponseBytes, encryption: encrypted ? { keys: [BENCH_RECORD_KEY] } : undefined })] : []),
       ],
       // Express tries routes one by one in the order they were registered, each miss costing a
       // path match: the module's POST /payments comes right after the baseline's first route, in
@@ -286,7 +303,7 @@ async function main(): Promise<void> {
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('DATABASE_URL is not set');
   const maxResponseBytes = Number(process.env.BENCH_MAX_RESPONSE_BYTES ?? 1024 * 1024);
-  const module = BenchAppModule.register(databaseUrl, withModule, maxResponseBytes);
+  const module = BenchAppModule.register(databaseUrl, withModule, maxResponseBytes, process.env.BENCH_ENCRYPTION === '1');
   const logger = ['error', 'warn'] as ('error' | 'warn')[];
   const app =
     platform === 'fastify'

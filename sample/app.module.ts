@@ -4,14 +4,16 @@ import { TypeOrmModule } from '@nestjs/typeorm';
 import { CreateIdempotencyKeys1764288000000, IdempotencyModule } from '../src';
 import { CreateApiKeys1764374400000 } from '../migrations/1764374400000-CreateApiKeys';
 import { ApiKeyGuard } from './auth/api-key.guard';
+import { recordKeyId } from './config/record-secret';
 import { apiKeyScope } from './auth/authenticated-request';
 import { ApiExceptionFilter } from './errors/api-exception.filter';
 import { KeysModule } from './keys/keys.module';
 
-/** What the sample needs from its host: where the database is and the secret keys are hashed with. */
+/** What the sample needs from its host: the database, the secrets keys are hashed and answers sealed with. */
 export interface AppModuleOptions {
   databaseUrl: string;
   keySecret: Buffer;
+  recordSecret: Buffer;
 }
 
 /**
@@ -43,6 +45,12 @@ export class AppModule {
           // replayed error body then still equals the header (the module's default would give the
           // replay a new id that the stored body cannot know). idempotency-replayed tells them apart.
           excludeHeaders: [],
+          // A mint's answer holds the plain key: it is stored sealed, and opens only with the
+          // caller's own API key (the bearer token) besides the record secret.
+          encryption: {
+            keys: [{ id: recordKeyId(options.recordSecret), secret: options.recordSecret }],
+            bindToCaller: true,
+          },
         }),
         KeysModule.forRoot(options.keySecret),
       ],

@@ -4,6 +4,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { loadKeySecret } from './config/key-secret';
+import { loadRecordSecret } from './config/record-secret';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from './embedded-database';
 import { bootstrapApiKey, createSampleApp } from './sample-app';
 
@@ -11,6 +12,8 @@ import { bootstrapApiKey, createSampleApp } from './sample-app';
 //   DATABASE_URL        use this PostgreSQL instead of starting the embedded one
 //   PORT, HOST          where to listen (default 3000 on 127.0.0.1)
 //   PATOMIC_KEY_SECRET  secret API keys are hashed with (default: generated into <data>/key-secret)
+//   PATOMIC_RECORD_SECRET
+//                       base64 secret stored answers are sealed with (default: generated into <data>/record-secret)
 //   SAMPLE_DATA_DIR     data folder (default: .data/ at the repository root, git-ignored)
 
 /** How long a shutdown may take before the process exits anyway. */
@@ -30,9 +33,10 @@ async function main(): Promise<void> {
   const host = process.env.HOST || '127.0.0.1';
   const dataDir = process.env.SAMPLE_DATA_DIR ? path.resolve(process.env.SAMPLE_DATA_DIR) : path.join(repositoryRoot(), '.data');
   // Traversable (711) but not listable: PostgreSQL runs as its own user (as root, "postgres") and
-  // must reach its folder inside; the key secret beside it is 600.
+  // must reach its folder inside; the secrets beside it are 600.
   await fs.mkdir(dataDir, { recursive: true, mode: 0o711 });
   const keySecret = await loadKeySecret(dataDir);
+  const recordSecret = await loadRecordSecret(dataDir);
 
   let databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) {
@@ -40,7 +44,7 @@ async function main(): Promise<void> {
     databaseUrl = database.url;
     if (stopping) return;
   }
-  app = await createSampleApp(databaseUrl, { keySecret });
+  app = await createSampleApp(databaseUrl, { keySecret, recordSecret });
   if (stopping) return;
 
   const bootstrapKey = await bootstrapApiKey(app);

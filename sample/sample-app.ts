@@ -13,6 +13,11 @@ export interface SampleAppOptions {
    * were minted with. @default 32 random bytes, new for each app (fine for tests, not for main.ts)
    */
   keySecret?: string | Buffer;
+  /**
+   * Secret the stored idempotent answers are sealed with (32 bytes). Stored answers open only under
+   * the secret they were sealed with. @default 32 random bytes, new for each app (as keySecret)
+   */
+  recordSecret?: Buffer;
   /** Nest's logger setting. @default ['error', 'warn'] */
   logger?: LoggerService | LogLevel[] | false;
 }
@@ -23,7 +28,9 @@ export interface SampleAppOptions {
  */
 export async function createSampleApp(databaseUrl: string, options: SampleAppOptions = {}): Promise<NestExpressApplication> {
   const keySecret = options.keySecret === undefined ? randomBytes(32) : Buffer.from(options.keySecret);
-  const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot({ databaseUrl, keySecret }), {
+  const recordSecret = options.recordSecret ?? randomBytes(32);
+  const appModule = AppModule.forRoot({ databaseUrl, keySecret, recordSecret });
+  const app = await NestFactory.create<NestExpressApplication>(appModule, {
     logger: options.logger ?? ['error', 'warn'],
     // Let a failed start reject (main.ts prints it and stops the database) instead of aborting the process.
     abortOnError: false,

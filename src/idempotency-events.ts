@@ -11,7 +11,8 @@ export type IdempotencyEventName =
   | 'released'
   | 'lease_lost'
   | 'store_error'
-  | 'purged';
+  | 'purged'
+  | 'unreadable';
 
 /**
  * What an event carries. Never the raw key, token or body: `keyHash` is a short SHA-256 of scope
@@ -29,7 +30,7 @@ export interface IdempotencyEvent {
   durationMs?: number;
   /** Rows purged. */
   count?: number;
-  /** The error message of a `store_error`. */
+  /** The error message of a `store_error`, or why an `unreadable` record cannot be opened. */
   error?: string;
 }
 
@@ -44,6 +45,7 @@ export const IDEMPOTENCY_CHANNELS: Readonly<Record<IdempotencyEventName, string>
   lease_lost: 'idempotency:lease_lost',
   store_error: 'idempotency:store_error',
   purged: 'idempotency:purged',
+  unreadable: 'idempotency:unreadable',
 });
 
 const channels = new Map(

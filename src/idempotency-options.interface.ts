@@ -1,3 +1,4 @@
+import type { RecordEncryptionOptions, ResolvedEncryption } from './encryption/encryption-options';
 import type { IdempotencyErrorDetails } from './idempotency.exceptions';
 import type { IsolationLevel } from './store/idempotency.store';
 
@@ -63,12 +64,17 @@ export interface IdempotencyModuleOptions {
   purgeBatchSize?: number;
   /** Name of the host's TypeORM DataSource to use. @default the default DataSource */
   dataSource?: string;
+  /** Seal stored headers and bodies with AES-256-GCM under a key ring (README, "Security"). @default off */
+  encryption?: RecordEncryptionOptions;
 }
 
+type ResolvedSeparately = 'dataSource' | 'formatError' | 'encryption';
+
 /** `IdempotencyModuleOptions` with every default applied. */
-export type ResolvedIdempotencyOptions = Required<Omit<IdempotencyModuleOptions, 'dataSource' | 'formatError'>> & {
+export type ResolvedIdempotencyOptions = Required<Omit<IdempotencyModuleOptions, ResolvedSeparately>> & {
   dataSource?: string;
   formatError: (error: IdempotencyErrorDetails) => unknown;
+  encryption?: ResolvedEncryption;
 };
 
 /** Per-route options of `@Idempotent()`. */

@@ -1,3 +1,4 @@
+import { resolveEncryption } from './encryption/encryption-options';
 import { IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER } from './idempotency.constants';
 import { IdempotencyConfigurationError, defaultDocsUrl, formatErrorEnvelope } from './idempotency.exceptions';
 import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
@@ -8,7 +9,7 @@ import { resolveWireOptions } from './wire-options';
 /** Injection token of the options with their defaults applied. */
 export const RESOLVED_IDEMPOTENCY_OPTIONS = Symbol('idempotency:resolved-options');
 
-const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease'> = {
+const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease' | 'encryption'> = {
   ttl: 24 * 60 * 60 * 1000,
   scope: bearerTokenScope,
   onUnresolvedScope: 'reject',
@@ -75,5 +76,6 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
   }
   resolved.excludeHeaders = resolved.excludeHeaders.map((name) => name.toLowerCase());
   resolveWireOptions(resolved, options);
+  resolved.encryption = resolveEncryption(options.encryption);
   return resolved;
 }

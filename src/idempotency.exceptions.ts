@@ -9,6 +9,7 @@ export const IdempotencyErrorCode = {
   KeyConflict: 'idempotency_key_conflict',
   KeyInUse: 'idempotency_key_in_use',
   ResponseNotStored: 'idempotency_response_not_stored',
+  RecordUnreadable: 'idempotency_record_unreadable',
   StoreUnavailable: 'idempotency_store_unavailable',
   TransactionConflict: 'transaction_conflict',
   InternalError: 'internal_error',
@@ -104,6 +105,16 @@ const TEMPLATES: Record<IdempotencyErrorCode, ErrorTemplate> = {
     param: null,
     message: 'The original request with this Idempotency-Key completed, but its response could not be stored for replay (it was too large, or the application answered before the handler finished).',
     suggestion: 'Fetch the resulting resource instead of retrying, or use a new key for a new request.',
+  },
+  idempotency_record_unreadable: {
+    status: 409,
+    title: 'Stored response unreadable',
+    retryable: false,
+    param: null,
+    message:
+      'The original request with this Idempotency-Key completed, but its stored response cannot be opened (its encryption key ' +
+      'was retired, the record was altered, or it is bound to another credential); it is not replayed, and nothing ran again.',
+    suggestion: 'Retry with the credential of the original request, or fetch the resulting resource; a new key only for a new request.',
   },
   idempotency_store_unavailable: {
     status: 503,

@@ -5,6 +5,7 @@ import { Reflector } from '@nestjs/core';
 import { type Observable, of } from 'rxjs';
 import { toHttpExchange, type HttpExchange } from './capture/http-exchange';
 import { replayResponse } from './capture/response-capture';
+import { RecordSealer, UnreadableRecordError, isSealed, type RecordCipher } from './encryption/record-sealer';
 import { fingerprintRequest } from './fingerprint';
 import { IDEMPOTENT_METHODS, IDEMPOTENT_ROUTE_METADATA, UNSTORED_HEADERS } from './idempotency.constants';
 import { IdempotencyErrorCode } from './idempotency.exceptions';
@@ -18,7 +19,7 @@ import { readRequestKey } from './request-key';
 import type { RunContext } from './run-context';
 import { InFlightWait } from './in-flight-wait';
 import { IdempotencyStore, type ClaimOutcome, type ClaimRequest, type IsolationLevel } from './store/idempotency.store';
-import type { StoreTransaction } from './store/idempotency.store';
+import type { StoreTransaction, StoredResponse } from './store/idempotency.store';
 import { isTransactionConflict } from './store/postgres-errors';
 import { TransactionalRun } from './transaction/transactional-run';
 
@@ -32,6 +33,12 @@ interface Route {
   options: IdempotentRouteOptions;
   /** The handler writes its answer itself (`@Res()` or `@Next()` without passthrough): Nest sends nothing after it. */
   answersItself: boolean;
+}
+
+/** What a keyed request claims, and the cipher of its record (with the `encryption` option). */
+interface Claim {
+  record: ClaimRequest;
+  cipher?: RecordCipher;
 }
 
 /**
@@ -50,6 +57,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
   private readonly keyHeader: string;
   /** What marks a replay (option `replayedHeader`). */
   private readonly replayMarker: Record<string, string>;
+  private readonly sealer: RecordSealer | undefined;
 
   constructor(
     private readonly reflector: Reflector,
@@ -63,6 +71,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     this.unstored = new Set([...UNSTORED_HEADERS, ...options.excludeHeaders]);
     this.keyHeader = options.header.toLowerCase();
     this.replayMarker = options.replayedHeader ? { [options.replayedHeader]: 'true' } : {};
+    this.sealer = options.encryption && new RecordSealer(options.encryption);
   }
 
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> | Promise<Observable<unknown>> {
@@ -83,13 +92,13 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const trace = new RequestTrace(context.getClass(), context.getHandler(), exchange.method);
 
     const claim = await this.claimRequest(exchange, route, request);
-    if (claim) trace.identify(claim.scope, claim.key);
-    const run: RunContext = { exchange, trace, unstored: this.unstored };
+    if (claim) trace.identify(claim.record.scope, claim.record.key);
+    const run: RunContext = { exchange, trace, unstored: this.unstored, cipher: claim?.cipher };
     if (!route.transactional) {
       if (!claim) return next.handle();
-      const attempt = () => this.store.claim(claim).catch((error: unknown) => this.storeFailed(error, trace, exchange));
+      const attempt = () => this.store.claim(claim.record).catch((error: unknown) => this.storeFailed(error, trace, exchange));
       let outcome = await attempt();
-      if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim, outcome, exchange, attempt);
+      if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim.record, outcome, exchange, attempt);
       if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
       this.claimed(outcome.expiresAt, trace, exchange);
       return this.leasedRun.run(run, outcome.owner, next);
@@ -100,10 +109,10 @@ export class IdempotencyInterceptor implements NestInterceptor {
       const transaction = await this.begin(isolation, trace, exchange);
       return this.transactionalRun.run(run, request, transaction, undefined, next);
     }
-    const attempt = () => this.claimInTransaction(claim, isolation, trace, exchange);
+    const attempt = () => this.claimInTransaction(claim.record, isolation, trace, exchange);
     let outcome = await attempt();
     // A duplicate waits with its transaction rolled back: it holds no connection meanwhile.
-    if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim, outcome, exchange, attempt);
+    if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim.record, outcome, exchange, attempt);
     if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
     this.claimed(outcome.expiresAt, trace, exchange);
     return this.transactionalRun.run(run, request, outcome.transaction, outcome.owner, next);
@@ -147,7 +156,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
    * Validates the key (W2/W3), then resolves the scope (W4), in that order. Returns what to claim,
    * or undefined when the request runs without idempotency.
    */
-  private async claimRequest(exchange: HttpExchange, route: IdempotentRouteOptions, request: unknown): Promise<ClaimRequest | undefined> {
+  private async claimRequest(exchange: HttpExchange, route: IdempotentRouteOptions, request: unknown): Promise<Claim | undefined> {
     const requestKey = readRequestKey(exchange.request.rawHeaders, this.keyHeader);
     if (requestKey.kind === 'invalid') throw this.errors.exception(IdempotencyErrorCode.InvalidKey, exchange);
     if (requestKey.kind === 'absent') {
@@ -155,22 +164,30 @@ export class IdempotencyInterceptor implements NestInterceptor {
       return undefined;
     }
     const scope = await this.options.scope(request);
-    if (scope === undefined || scope === '') {
-      if (this.options.onUnresolvedScope === 'bypass') return undefined;
-      throw this.errors.exception(IdempotencyErrorCode.ScopeUnresolved, exchange);
-    }
-    return { scope, key: requestKey.key, fingerprint: fingerprintRequest(exchange), lease: this.options.lease, ttl: this.options.ttl };
+    if (scope === undefined || scope === '') return this.unresolved(exchange);
+    const { lease, ttl } = this.options;
+    const record = { scope, key: requestKey.key, fingerprint: fingerprintRequest(exchange), lease, ttl };
+    if (!this.sealer) return { record };
+    // A caller-bound record needs its caller's secret: without it, the caller is not identified.
+    const cipher = await this.sealer.cipherFor(request, scope, requestKey.key);
+    return cipher ? { record, cipher } : this.unresolved(exchange);
+  }
+
+  /** A caller that cannot be identified: run without idempotency, or answer 401 (option `onUnresolvedScope`). */
+  private unresolved(exchange: HttpExchange): undefined {
+    if (this.options.onUnresolvedScope === 'bypass') return undefined;
+    throw this.errors.exception(IdempotencyErrorCode.ScopeUnresolved, exchange);
   }
 
   /** Answers a request whose key is already taken: a replay, or why not. */
   private answerFromRecord(
     outcome: Exclude<ClaimOutcome, { kind: 'claimed' }>,
-    claim: ClaimRequest,
+    claim: Claim,
     trace: RequestTrace,
     exchange: HttpExchange,
     answersItself: boolean,
   ): Observable<unknown> {
-    if (outcome.fingerprint !== null && outcome.fingerprint !== claim.fingerprint) {
+    if (outcome.fingerprint !== null && outcome.fingerprint !== claim.record.fingerprint) {
       publishEvent('conflict', trace, { status: this.options.conflictStatus });
       throw this.errors.exception(IdempotencyErrorCode.KeyConflict, exchange, { status: this.options.conflictStatus });
     }
@@ -178,14 +195,42 @@ export class IdempotencyInterceptor implements NestInterceptor {
       publishEvent('in_use', trace, { status: 409 });
       throw this.errors.exception(IdempotencyErrorCode.KeyInUse, exchange, { retryAfter: true });
     }
-    const { body } = outcome.response;
-    if (body === null) throw this.errors.exception(IdempotencyErrorCode.ResponseNotStored, exchange);
-    publishEvent('replayed', trace, { status: outcome.response.status });
+    if (outcome.response.body === null) throw this.errors.exception(IdempotencyErrorCode.ResponseNotStored, exchange);
+    const response = this.opened(outcome.response, claim.cipher, trace, exchange);
+    publishEvent('replayed', trace, { status: response.status });
     const keepHeader = (name: string) => this.unstored.has(name);
-    replayResponse(exchange.response, { ...outcome.response, body }, keepHeader, this.replayMarker);
+    replayResponse(exchange.response, { ...response, body: response.body! }, keepHeader, this.replayMarker);
     // Nest sends nothing for a handler that answers itself, and that handler does not run.
     if (answersItself) exchange.response.end();
     return of(undefined);
+  }
+
+  /**
+   * The stored answer as it was sent. A record that cannot be opened — or a sealed one met without
+   * the `encryption` option — is never replayed: its request gets its own error instead, and never
+   * runs the handler.
+   */
+  private opened(
+    stored: StoredResponse,
+    cipher: RecordCipher | undefined,
+    trace: RequestTrace,
+    exchange: HttpExchange,
+  ): StoredResponse {
+    let reason: string;
+    if (cipher) {
+      try {
+        return cipher.open(stored);
+      } catch (error) {
+        if (!(error instanceof UnreadableRecordError)) throw error;
+        reason = error.message;
+      }
+    } else {
+      if (!isSealed(stored.headers)) return stored;
+      reason = 'it is sealed, and this module has no encryption option';
+    }
+    publishEvent('unreadable', trace, { status: 409, error: reason });
+    this.logger.warn(`The stored answer of key ${trace.keyHash} is not replayed: ${reason}.`);
+    throw this.errors.exception(IdempotencyErrorCode.RecordUnreadable, exchange);
   }
 
   /** The store could not be used: fail closed (SPEC W13). */

@@ -2,6 +2,7 @@ import { type DynamicModule, Module } from '@nestjs/common';
 import { DiscoveryModule } from '@nestjs/core';
 import { TypeOrmModule, getDataSourceToken } from '@nestjs/typeorm';
 import type { DataSource } from 'typeorm';
+import { RecordResealer } from './encryption/record-resealer';
 import { IdempotencyConfigurationError } from './idempotency.exceptions';
 import { IdempotencyInterceptor } from './idempotency.interceptor';
 import {
@@ -10,7 +11,7 @@ import {
   IDEMPOTENCY_MODULE_OPTIONS,
   IDEMPOTENCY_OPTIONS_TYPE,
 } from './idempotency.module-definition';
-import type { IdempotencyModuleOptions } from './idempotency-options.interface';
+import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS, resolveOptions } from './idempotency-options';
 import { IdempotencyPurgeTask } from './idempotency-purge.task';
 import { IdempotencyService } from './idempotency.service';
@@ -59,6 +60,12 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
         provide: IdempotencyStore,
         useFactory: (dataSource: DataSource | undefined) => new PostgresIdempotencyStore(checkDataSource(dataSource, dataSourceName)),
         inject: [{ token: getDataSourceToken(dataSourceName), optional: true }],
+      },
+      {
+        provide: RecordResealer,
+        useFactory: (dataSource: DataSource | undefined, options: ResolvedIdempotencyOptions) =>
+          new RecordResealer(checkDataSource(dataSource, dataSourceName), options.encryption),
+        inject: [{ token: getDataSourceToken(dataSourceName), optional: true }, RESOLVED_IDEMPOTENCY_OPTIONS],
       },
       IdempotencyService,
       IdempotencyPurgeTask,

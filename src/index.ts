@@ -14,6 +14,12 @@ export {
 } from './idempotency.exceptions';
 export { formatProblemDetails, type IdempotencyProblemDetails } from './problem-details';
 export { bearerTokenScope } from './idempotency-scope';
+export type {
+  CallerSecret,
+  CallerSecretResolver,
+  RecordEncryptionKey,
+  RecordEncryptionOptions,
+} from './encryption/encryption-options';
 export { IDEMPOTENCY_CHANNELS, type IdempotencyEvent, type IdempotencyEventName } from './idempotency-events';
 export { IdempotencyKeyEntity } from './store/idempotency-key.entity';
 export { CreateIdempotencyKeys1764288000000 } from './store/create-idempotency-keys.migration';

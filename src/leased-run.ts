@@ -34,7 +34,8 @@ export class LeasedRun {
     @Inject(RESOLVED_IDEMPOTENCY_OPTIONS) private readonly options: ResolvedIdempotencyOptions,
   ) {}
 
-  run({ exchange, trace, unstored }: RunContext, owner: RecordOwner, next: CallHandler): Observable<unknown> {
+  run(context: RunContext, owner: RecordOwner, next: CallHandler): Observable<unknown> {
+    const { exchange, trace } = context;
     let decided = false;
     // An answer that left while the handler still ran: the record waits for the handler.
     let answeredEarly: CapturedResponse | undefined;
@@ -43,7 +44,7 @@ export class LeasedRun {
       decided = true;
       clearInterval(renewal);
       lifecycle.dispose();
-      await this.settle(owner, outcome, status, { exchange, trace, unstored });
+      await this.settle(owner, outcome, status, context);
     };
     const abandonIfNoAnswer = () => {
       if (decided || answeredEarly || lifecycle.handlerRunning || !lifecycle.connectionClosed) return;
@@ -88,7 +89,7 @@ export class LeasedRun {
       }
       // A 5xx, or an answer the handler never took part in (an outer interceptor answered instead).
       const failed = captured.status >= 500 || !lifecycle.handlerStarted;
-      await decide(failed ? undefined : toStoredResponse(captured, unstored, this.options.maxResponseBytes), captured.status);
+      await decide(failed ? undefined : toStoredResponse(captured, context, this.options.maxResponseBytes), captured.status);
     });
     return lifecycle.observe(next);
   }

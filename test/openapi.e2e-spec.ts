@@ -130,7 +130,7 @@ describe('OpenAPI document of @Idempotent() routes (@nestjs/swagger)', () => {
       }
       expect(codesOf(op, 400)).toEqual(required ? ['invalid_idempotency_key', 'missing_idempotency_key'] : ['invalid_idempotency_key']);
       expect(codesOf(op, 401)).toEqual(['idempotency_scope_unresolved']);
-      expect(codesOf(op, 409)).toEqual(['idempotency_key_conflict', 'idempotency_key_in_use', 'idempotency_response_not_stored']);
+      expect(codesOf(op, 409)).toEqual(['idempotency_key_conflict', 'idempotency_key_in_use', 'idempotency_response_not_stored', 'idempotency_record_unreadable']);
       expect(codesOf(op, 503)).toEqual(['idempotency_store_unavailable']);
       expect(op.responses['409'].headers['Retry-After'].schema).toEqual({ type: 'integer', minimum: 0 });
       expect(op.responses['503'].headers['Retry-After'].schema).toEqual({ type: 'integer', minimum: 0 });
@@ -158,7 +158,13 @@ describe('OpenAPI document of @Idempotent() routes (@nestjs/swagger)', () => {
     expect(op.responses['400'].content['application/json'].schema.properties.problems).toBeDefined();
     expect(op.responses['400'].description).toMatch(/^Validation failed\.\n\n/);
     expect(op.responses['400'].description).toContain('`invalid_idempotency_key`');
-    expect(codesOf(op, 409)).toEqual(['idempotency_key_conflict', 'idempotency_key_in_use', 'idempotency_response_not_stored', 'transaction_conflict']);
+    expect(codesOf(op, 409)).toEqual([
+      'idempotency_key_conflict',
+      'idempotency_key_in_use',
+      'idempotency_response_not_stored',
+      'idempotency_record_unreadable',
+      'transaction_conflict',
+    ]);
     expect(codesOf(op, 500)).toEqual(['internal_error']);
     expect(keyHeader(op).required).toBe(false);
   });
@@ -166,7 +172,7 @@ describe('OpenAPI document of @Idempotent() routes (@nestjs/swagger)', () => {
   it('keeps a host-documented Idempotency-Key header as the only one', () => {
     const op = operation('post', '/docs/own-header');
     expect(keyHeader(op)).toMatchObject({ name: 'idempotency-key', description: 'Our own words.', required: true });
-    expect(codesOf(op, 409)).toHaveLength(3);
+    expect(codesOf(op, 409)).toHaveLength(4);
   });
 
   it('documents every POST of a controller-level @Idempotent(), with handler options overriding, and leaves GET and unmarked routes alone', () => {

@@ -504,6 +504,7 @@ describe('npm start: node dist/sample/main.js on an embedded PostgreSQL', () => 
     // Jest's global setup points DATABASE_URL at its server; npm start without it starts its own.
     delete env.DATABASE_URL;
     delete env.PATOMIC_KEY_SECRET;
+    delete env.PATOMIC_RECORD_SECRET;
     delete env.HOST;
     const child = startSampleProcess(path.join(buildDir, 'sample', 'main.js'), env);
     started.push(child);
@@ -520,6 +521,7 @@ describe('npm start: node dist/sample/main.js on an embedded PostgreSQL', () => 
     expect(keyLines[0]).toMatch(/^Bootstrap API key: ptmc_[A-Za-z0-9_-]{43}$/);
     const bootstrapKey = keyLines[0].slice('Bootstrap API key: '.length);
     expect((await stat(path.join(dataDir, 'key-secret'))).mode & 0o777).toBe(0o600);
+    expect((await stat(path.join(dataDir, 'record-secret'))).mode & 0o777).toBe(0o600);
 
     const idempotencyKey = randomUUID();
     const request = { path: '/v1/keys', headers: authed(bootstrapKey, idempotencyKey), body: { name: 'CI integration', rate_limit_rpm: 1000 } };

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { secretInFile } from './secret-file';
 
 /** Environment variable that holds the server secret API keys are hashed with. */
 export const KEY_SECRET_ENV = 'PATOMIC_KEY_SECRET';
@@ -24,20 +24,9 @@ export async function loadKeySecret(dataDir: string, env: NodeJS.ProcessEnv = pr
     return Buffer.from(fromEnv, 'utf8');
   }
   const file = path.join(dataDir, KEY_SECRET_FILE);
-  const generated = randomBytes(32).toString('base64url');
-  try {
-    // 'wx': never overwrite a secret that exists (another start may have just written it).
-    await fs.writeFile(file, `${generated}\n`, { mode: 0o600, flag: 'wx' });
-    return Buffer.from(generated, 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-  }
-  const stored = (await fs.readFile(file, 'utf8')).trim();
+  const stored = await secretInFile(file, () => randomBytes(32).toString('base64url'));
   if (stored.length < MIN_SECRET_LENGTH) {
     throw new Error(`${file} does not hold a valid secret (at least ${MIN_SECRET_LENGTH} characters); delete it only if no key minted with it is still needed.`);
   }
-  // It guards every key: keep it readable by its owner only, even if someone loosened it.
-  const { mode } = await fs.stat(file);
-  if ((mode & 0o077) !== 0) await fs.chmod(file, 0o600);
   return Buffer.from(stored, 'utf8');
 }

@@ -22,6 +22,9 @@ const CODE_NOTES: Record<IdempotencyErrorCode, string> = {
     'the key was already used with a different request (method, path, query or body). Answered with 422 instead when the module runs with `conflictStatus: 422`.',
   idempotency_key_in_use: 'a request with this key is still being processed; retry with the same key after `Retry-After`.',
   idempotency_response_not_stored: 'the original request completed, but its response could not be stored for replay.',
+  idempotency_record_unreadable:
+    'the original request completed, but its stored response cannot be opened (only with the `encryption` option: ' +
+    'a retired key, an altered record, or another credential than the original request).',
   transaction_conflict: 'the request conflicted with a concurrent transaction and was rolled back; retry with the same key after `Retry-After`.',
   internal_error: 'the transaction could not be committed: nothing was changed or stored, and a retry with the same key runs the request again.',
   idempotency_store_unavailable: 'idempotency records cannot be reached right now (fail closed); retry with the same key after `Retry-After`.',
@@ -34,8 +37,9 @@ const CODE_NOTES: Record<IdempotencyErrorCode, string> = {
  * here against the status the module really answers it with.
  */
 export function documentedErrors(route: IdempotentRouteOptions): DocumentedError[] {
-  const { InvalidKey, MissingKey, ScopeUnresolved, KeyConflict, KeyInUse, ResponseNotStored, TransactionConflict, InternalError, StoreUnavailable } =
-    IdempotencyErrorCode;
+  const { InvalidKey, MissingKey, ScopeUnresolved, KeyConflict, KeyInUse, ResponseNotStored } = IdempotencyErrorCode;
+  const { RecordUnreadable, TransactionConflict, InternalError, StoreUnavailable } = IdempotencyErrorCode;
+  const unanswered = [KeyConflict, KeyInUse, ResponseNotStored, RecordUnreadable];
   const errors: DocumentedError[] = [
     { status: 400, summary: 'Invalid Idempotency-Key; the handler did not run.', codes: route.required ? [InvalidKey, MissingKey] : [InvalidKey], retryAfter: false },
     {
@@ -47,7 +51,7 @@ export function documentedErrors(route: IdempotentRouteOptions): DocumentedError
     {
       status: 409,
       summary: 'The Idempotency-Key cannot be used for this request now; the handler did not run.',
-      codes: route.transactional ? [KeyConflict, KeyInUse, ResponseNotStored, TransactionConflict] : [KeyConflict, KeyInUse, ResponseNotStored],
+      codes: route.transactional ? [...unanswered, TransactionConflict] : unanswered,
       retryAfter: true,
     },
   ];

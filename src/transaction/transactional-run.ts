@@ -39,12 +39,13 @@ export class TransactionalRun {
 
   /** `owner` is the claim made in `transaction`, or undefined for a request without a key. */
   run(
-    { exchange, trace, unstored }: RunContext,
+    context: RunContext,
     request: object,
     transaction: StoreTransaction,
     owner: RecordOwner | undefined,
     next: CallHandler,
   ): Observable<unknown> {
+    const { exchange, trace } = context;
     let ended = false;
     let conflict = false;
     let lastChance: NodeJS.Timeout | undefined;
@@ -94,7 +95,7 @@ export class TransactionalRun {
       try {
         if (owner) {
           if (handlerThrew) await transaction.rollbackToSavepoint();
-          await transaction.complete(owner, toStoredResponse(captured, unstored, this.options.maxResponseBytes));
+          await transaction.complete(owner, toStoredResponse(captured, context, this.options.maxResponseBytes));
         }
         await transaction.commit();
         if (owner) publishEvent('stored', trace, { status });

@@ -165,6 +165,7 @@ class NotesController {
       if (isConnectivityError(error)) throw new ServiceUnavailableException('database unavailable');
       throw error;
     }
+    this.probe.hit(`${run}:written`);
     if (gate !== 'open') await this.probe.gate(gate).promise;
     return { note, random: randomUUID() };
   }
@@ -278,7 +279,8 @@ describe('A PostgreSQL restart while the app runs (fast shutdown, start again on
       const key = randomUUID();
       const gate = `leased-across-${key}`;
       const pending = post('leased', key, key, gate);
-      await waitFor(() => app().probe.count(`leased:${key}`) === 1);
+      // Once its note is written: a restart that cut the INSERT itself would fail the handler.
+      await waitFor(() => app().probe.count(`leased:${key}:written`) === 1);
       await server.restart!();
       app().probe.gate(gate).open();
       const answer = await pending;
@@ -297,7 +299,7 @@ describe('A PostgreSQL restart while the app runs (fast shutdown, start again on
       const key = randomUUID();
       const gate = `tx-across-${key}`;
       const pending = post('tx', key, key, gate);
-      await waitFor(() => app().probe.count(`tx:${key}`) === 1);
+      await waitFor(() => app().probe.count(`tx:${key}:written`) === 1);
       await server.restart!();
       app().probe.gate(gate).open();
       const answer = await pending;
