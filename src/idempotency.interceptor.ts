@@ -96,9 +96,11 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const run: RunContext = { exchange, trace, unstored: this.unstored, cipher: claim?.cipher };
     if (!route.transactional) {
       if (!claim) return next.handle();
-      const attempt = () => this.store.claim(claim.record).catch((error: unknown) => this.storeFailed(error, trace, exchange));
+      const { record } = claim;
+      const failed = (error: unknown) => this.storeFailed(error, trace, exchange);
+      const attempt = () => this.store.claim(record).catch(failed);
       let outcome = await attempt();
-      if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim.record, outcome, exchange, attempt);
+      if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(record, outcome, exchange, attempt);
       if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
       this.claimed(outcome.expiresAt, trace, exchange);
       return this.leasedRun.run(run, outcome.owner, next);

@@ -6,6 +6,7 @@ const ERROR_FORMATS: string[] = ['patomic', 'problem+json'];
 
 /** An HTTP field name (RFC 9110 token). */
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const HEADER_NAME_WANTED = 'a header name (letters, digits, "-")';
 
 /**
  * Checks the options that shape what goes over the wire (error format, header names, duplicates in
@@ -18,7 +19,7 @@ export function resolveWireOptions(resolved: ResolvedIdempotencyOptions, given: 
   for (const name of ['header', 'replayedHeader'] as const) {
     const value = resolved[name];
     if (value === false && name === 'replayedHeader') continue;
-    if (typeof value !== 'string' || !HEADER_NAME.test(value)) refuse(name, 'a header name (letters, digits, "-")', value);
+    if (typeof value !== 'string' || !HEADER_NAME.test(value)) refuse(name, HEADER_NAME_WANTED, value);
   }
   if (!['reject', 'wait'].includes(resolved.inFlight)) refuse('inFlight', "'reject' or 'wait'", resolved.inFlight);
   for (const name of ['inFlightWait', 'inFlightWaiters'] as const) {
@@ -28,5 +29,6 @@ export function resolveWireOptions(resolved: ResolvedIdempotencyOptions, given: 
 }
 
 function refuse(name: keyof IdempotencyModuleOptions, expected: string, got: unknown): never {
-  throw new IdempotencyConfigurationError(`IdempotencyModule option "${name}" must be ${expected}; got ${String(got)}.`);
+  const problem = `IdempotencyModule option "${name}" must be ${expected}`;
+  throw new IdempotencyConfigurationError(`${problem}; got ${String(got)}.`);
 }
