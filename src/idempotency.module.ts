@@ -10,7 +10,7 @@ import {
   IDEMPOTENCY_MODULE_OPTIONS,
   IDEMPOTENCY_OPTIONS_TYPE,
 } from './idempotency.module-definition';
-import type { IdempotencyModuleOptions } from './idempotency-options.interface';
+import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './idempotency-options.interface';
 import { RESOLVED_IDEMPOTENCY_OPTIONS, resolveOptions } from './idempotency-options';
 import { IdempotencyPurgeTask } from './idempotency-purge.task';
 import { IdempotencyService } from './idempotency.service';
@@ -55,8 +55,9 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
       },
       {
         provide: IdempotencyStore,
-        useFactory: (dataSource: DataSource | undefined) => new PostgresIdempotencyStore(checkDataSource(dataSource, dataSourceName)),
-        inject: [{ token: getDataSourceToken(dataSourceName), optional: true }],
+        useFactory: (dataSource: DataSource | undefined, options: ResolvedIdempotencyOptions) =>
+          new PostgresIdempotencyStore(checkDataSource(dataSource, dataSourceName), options),
+        inject: [{ token: getDataSourceToken(dataSourceName), optional: true }, RESOLVED_IDEMPOTENCY_OPTIONS],
       },
       IdempotencyService,
       IdempotencyPurgeTask,
