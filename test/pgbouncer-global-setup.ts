@@ -16,7 +16,8 @@ export default async function pgBouncerGlobalSetup(): Promise<void> {
   const poolMode = (process.env.PGBOUNCER_POOL_MODE ?? 'transaction') as PoolMode;
   let bouncer: PgBouncer;
   try {
-    bouncer = await startPgBouncer(directUrl, { poolMode });
+    // In session mode a client connection keeps its server connection: as many as the apps' pools.
+    bouncer = await startPgBouncer(directUrl, { poolMode, poolSize: poolMode === 'session' ? 30 : 4 });
   } catch (error) {
     // Jest skips globalTeardown when globalSetup throws.
     await globalTeardown();
