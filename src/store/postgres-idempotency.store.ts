@@ -1,4 +1,4 @@
-import type { Pool, QueryResultRow } from 'pg';
+import type { Pool, PoolClient, QueryResultRow } from 'pg';
 import type { DataSource } from 'typeorm';
 import {
   IdempotencyStore,
@@ -12,7 +12,7 @@ import {
 } from './idempotency.store';
 import { PostgresStoreTransaction, tryKeyLock } from './postgres-store-transaction';
 import { RecordedKeyRate, type ClaimOpening } from './recorded-key-rate';
-import { StatementSender, withPoolClient, type PreparedStatement, type SqlRunner } from './sql-runner';
+import { StatementSender, type PreparedStatement, type SqlRunner } from './sql-runner';
 import { StatementBatcher } from './statement-batcher';
 import { DEFAULT_STORE_TIMEOUT } from './store-timeout';
 
@@ -385,15 +385,20 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
    * One batch in a transaction of its own, so no batch holds its row locks for long and the purge
    * lock lives no longer than the batch. Undefined when the lock was busy and `skipIfBusy`.
    */
-  private purgeBatch(batchSize: number, skipIfBusy: boolean): Promise<number | undefined> {
-    // A batch that fails closes its connection, which rolls back whatever it began, even when it broke.
-    return withPoolClient(this.pool(), this.timeout, async (client) => {
+  private async purgeBatch(batchSize: number, skipIfBusy: boolean): Promise<number | undefined> {
+    const client: PoolClient = await this.pool().connect();
+    try {
       await client.query('BEGIN');
       const { rows } = await client.query(TAKE_PURGE_LOCK[skipIfBusy ? 'try' : 'wait'], [PURGE_LOCK_ID]);
       const purged = rows[0].locked ? await this.statements.onClient(client)(PURGE_BATCH, [batchSize]) : undefined;
       await client.query('COMMIT');
+      client.release();
       return purged?.rowCount;
-    });
+    } catch (error) {
+      // Closing the connection rolls back whatever the batch began, even when it broke.
+      client.release(true);
+      throw error;
+    }
   }
 
   async begin(isolation: IsolationLevel): Promise<StoreTransaction> {

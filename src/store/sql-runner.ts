@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import type { Pool, PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg';
 import { isLostPreparedStatement } from './postgres-errors';
-import { StoreTimeoutError, withinTimeout } from './store-timeout';
+import { StoreTimeoutError } from './store-timeout';
 
 /** Runs one of the store's statements on the pool or on one connection. */
 export type SqlRunner = (statement: PreparedStatement, values: unknown[]) => Promise<SqlResult>;
@@ -22,7 +22,7 @@ export interface PreparedStatement {
 export interface StatementOptions {
   /** Send named statements, prepared once per connection; false sends every statement unnamed. */
   preparedStatements: boolean;
-  /** Longest wait for a pool connection, and then for the answer, in ms. */
+  /** Longest wait for a pool connection and the answer together, in ms. */
   timeout: number;
 }
 
@@ -74,18 +74,8 @@ export class StatementSender {
     };
   }
 
-  private sendOnPool(pool: Pool, query: QueryConfig): Promise<SqlResult> {
-    const { timeout } = this.options;
-    const started = Date.now();
-    return withPoolClient(pool, timeout, async (client) => {
-      // pg reads query_timeout from the query config; its types do not declare it.
-      const bounded = { ...query, query_timeout: Math.max(1, timeout - (Date.now() - started)) } as QueryConfig;
-      try {
-        return answered(await client.query(bounded));
-      } catch (error) {
-        throw isQueryTimeout(error) ? new StoreTimeoutError(timeout) : error;
-      }
-    });
+  private async sendOnPool(pool: Pool, query: QueryConfig): Promise<SqlResult> {
+    return answered(await queryOnPool(pool, query, this.options.timeout));
   }
 
   private query(statement: PreparedStatement, values: unknown[], named: boolean): QueryConfig {
@@ -108,38 +98,43 @@ export class StatementSender {
 }
 
 /**
- * Lends `work` a connection of the pool, taken within `timeout` ms. A connection whose work failed
- * is closed rather than reused, as by pg's own Pool.query: it may be broken, or still be running a
- * query that timed out.
+ * Runs one query on a connection of the pool, all within `timeout` ms: one timer covers waiting for
+ * the connection and for the answer. A connection whose query failed or timed out is closed rather
+ * than reused, as by pg's own Pool.query: it may be broken, or still be running the query.
  */
-export async function withPoolClient<T>(
-  pool: Pool,
-  timeout: number,
-  work: (client: PoolClient) => Promise<T>,
-): Promise<T> {
-  const connecting = pool.connect();
-  // A connection that comes after the wait is over goes back unused.
-  const client = await withinTimeout(connecting, timeout, () => connecting.then((late) => late.release()));
-  // pg raises a connection error that no query waits for as an 'error' event, which crashes the
-  // process when nobody listens; the failed work's release then closes that connection.
-  const ignore = () => undefined;
-  client.on('error', ignore);
-  try {
-    const result = await work(client);
-    client.removeListener('error', ignore);
-    client.release();
-    return result;
-  } catch (error) {
-    client.removeListener('error', ignore);
-    client.release(error instanceof Error ? error : new Error(String(error)));
-    throw error;
-  }
+function queryOnPool(pool: Pool, query: QueryConfig, timeout: number): Promise<QueryResult> {
+  return new Promise((resolve, reject) => {
+    let client: PoolClient | undefined;
+    let settled = false;
+    const settle = (error: Error | undefined, result?: QueryResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (client) {
+        client.removeListener('error', ignore);
+        client.release(error);
+      }
+      if (error) reject(error);
+      else resolve(result as QueryResult);
+    };
+    const timer = setTimeout(() => settle(new StoreTimeoutError(timeout)), timeout);
+    // Callbacks, not promises: this runs for every statement of every request.
+    pool.connect((connectError, acquired) => {
+      if (connectError) return settle(connectError);
+      const connected = acquired as PoolClient;
+      // A connection that comes after the wait is over goes back unused.
+      if (settled) return connected.release();
+      client = connected;
+      client.on('error', ignore);
+      client.query(query, (queryError: Error | null, result: QueryResult) => settle(queryError ?? undefined, result));
+    });
+  });
 }
+
+// pg raises a connection error that no query waits for as an 'error' event, which crashes the
+// process when nobody listens; the connection is closed when it is given back.
+const ignore = () => undefined;
 
 function answered({ rows, rowCount }: QueryResult): SqlResult {
   return { rows, rowCount: rowCount ?? 0 };
-}
-
-function isQueryTimeout(error: unknown): boolean {
-  return error instanceof Error && error.message === 'Query read timeout';
 }
