@@ -19,8 +19,6 @@ export interface PgBouncerOptions {
 
 /** A running PgBouncer in front of one PostgreSQL server. */
 export interface PgBouncer {
-  port: number;
-  poolMode: PoolMode;
   /** The same database URL, through PgBouncer. */
   via(databaseUrl: string): string;
   /** Immediate shutdown: every client and server connection is dropped. */
@@ -61,6 +59,8 @@ export async function startPgBouncer(serverUrl: string, options: PgBouncerOption
       'listen_addr = 127.0.0.1',
       `listen_port = ${port}`,
       'unix_socket_dir =',
+      // Clients on 127.0.0.1 are trusted; the auth file gives PgBouncer the password of its own
+      // logins to PostgreSQL.
       'auth_type = trust',
       `auth_file = ${path.join(dir, 'userlist.txt')}`,
       `pool_mode = ${poolMode}`,
@@ -93,8 +93,6 @@ export async function startPgBouncer(serverUrl: string, options: PgBouncerOption
     throw error;
   });
   return {
-    port,
-    poolMode,
     via(databaseUrl) {
       const url = new URL(databaseUrl);
       url.hostname = '127.0.0.1';
@@ -188,5 +186,9 @@ function freePort(): Promise<number> {
 
 async function userIds(name: string): Promise<{ uid: number; gid: number }> {
   const id = async (flag: string) => Number.parseInt((await promisify(execFile)('id', [flag, name])).stdout, 10);
-  return { uid: await id('-u'), gid: await id('-g') };
+  try {
+    return { uid: await id('-u'), gid: await id('-g') };
+  } catch {
+    throw new Error(`PgBouncer refuses to run as root, and no "${name}" user exists: useradd --system ${name}`);
+  }
 }
