@@ -9,8 +9,8 @@ import { waitFor } from './support/wait-for';
 const STORE_TIMEOUT = 1500;
 const LEASE = 2000;
 
-// W13: the database goes away and comes back while the app keeps running. W15: a database that
-// does not answer yields a 503 within storeTimeout.
+// W13: the database goes away and comes back while the app keeps running; a database that does
+// not answer yields a 503 within storeTimeout.
 describe.each(PLATFORMS)('Database outage (%s)', (platform) => {
   let database: TestDatabase;
   let proxy: TcpProxy;

@@ -19,10 +19,10 @@ const LEASE = 1500;
 const UNAVAILABLE = { type: 'idempotency_error', code: 'idempotency_store_unavailable', param: null };
 const OPTIONS: IdempotencyModuleOptions = { preparedStatements: false, storeTimeout: STORE_TIMEOUT, lease: LEASE };
 
-// W13/W15 through PgBouncer in transaction mode with 4 server connections, on a PostgreSQL of this
-// file's own (the tests stop it): a request that meets a fault answers promptly, with its own answer
-// or a 503 envelope; a retry never gets another request's answer, and no key stays taken longer
-// than its lease.
+// Through PgBouncer in transaction mode with 4 server connections, on a PostgreSQL of this file's
+// own (the tests stop it): a request that meets a fault answers promptly, with its own answer or a
+// 503 envelope; a retry never gets another request's answer, and no key stays taken longer than
+// its lease.
 describe('Faults through PgBouncer in transaction mode', () => {
   let dataDir: string;
   let server: EmbeddedDatabase;
