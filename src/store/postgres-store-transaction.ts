@@ -3,7 +3,7 @@ import type { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { ClaimOutcome, ClaimRequest, IsolationLevel, RecordOwner, StoreTransaction, StoredResponse } from './idempotency.store';
 import type { PostgresIdempotencyStore } from './postgres-idempotency.store';
 import { isConnectionFailure } from './postgres-errors';
-import type { SqlRunner, StatementSender } from './sql-runner';
+import { keepErrorsFromCrashing, type SqlRunner, type StatementSender } from './sql-runner';
 import { StoreTimeoutError, withinTimeout } from './store-timeout';
 
 /**
@@ -58,6 +58,7 @@ export class PostgresStoreTransaction implements StoreTransaction {
         throw error;
       },
     );
+    keepErrorsFromCrashing(client);
     const transaction = new PostgresStoreTransaction(queryRunner, client, store, statements, timeout);
     try {
       // Connecting and starting share one timeout.

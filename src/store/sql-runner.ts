@@ -110,10 +110,7 @@ function queryOnPool(pool: Pool, query: QueryConfig, timeout: number): Promise<Q
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      if (client) {
-        client.removeListener('error', ignore);
-        client.release(error);
-      }
+      client?.release(error);
       if (error) reject(error);
       else resolve(result as QueryResult);
     };
@@ -125,15 +122,26 @@ function queryOnPool(pool: Pool, query: QueryConfig, timeout: number): Promise<Q
       // A connection that comes after the wait is over goes back unused.
       if (settled) return connected.release();
       client = connected;
-      client.on('error', ignore);
+      keepErrorsFromCrashing(client);
       client.query(query, (queryError: Error | null, result: QueryResult) => settle(queryError ?? undefined, result));
     });
   });
 }
 
-// pg raises a connection error that no query waits for as an 'error' event, which crashes the
-// process when nobody listens; the connection is closed when it is given back.
-const ignore = () => undefined;
+const guarded = new WeakSet<PoolClient>();
+
+/**
+ * Keeps a connection's errors from crashing the process. pg raises an error no query waits for (a
+ * server that ends the session right after an answer) as an 'error' event, which crashes the
+ * process when nobody listens; and pg-pool may hand a connection the store gives back to another
+ * waiting user within the very read that brings that error, before that user listens. The error
+ * still leaves the connection unusable, and it is closed when it is next given back.
+ */
+export function keepErrorsFromCrashing(client: PoolClient): void {
+  if (guarded.has(client)) return;
+  guarded.add(client);
+  client.on('error', () => undefined);
+}
 
 function answered({ rows, rowCount }: QueryResult): SqlResult {
   return { rows, rowCount: rowCount ?? 0 };
