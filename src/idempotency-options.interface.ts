@@ -66,6 +66,20 @@ export interface IdempotencyModuleOptions {
   dataSource?: string;
   /** Seal stored headers and bodies with AES-256-GCM under a key ring (README, "Security"). @default off */
   encryption?: RecordEncryptionOptions;
+  /**
+   * Send the store's statements as named prepared statements, which PostgreSQL plans once per
+   * connection. Set false behind a transaction pooler (PgBouncer `pool_mode = transaction`), whose
+   * server connections do not keep a client's prepared statements: every statement then goes
+   * unnamed. Left true there, the store turns to unnamed statements by itself, with a warning, at
+   * the first statement the pooler loses (that request may answer 503). @default true
+   */
+  preparedStatements?: boolean;
+  /**
+   * Longest wait for the database on each step of a request (a pool connection, a statement, the
+   * start or commit of a transaction), in ms; past it the request answers 503
+   * `idempotency_store_unavailable` and the connection is closed. @default 5_000
+   */
+  storeTimeout?: number;
 }
 
 type ResolvedSeparately = 'dataSource' | 'formatError' | 'encryption';

@@ -5,6 +5,7 @@ import type { IdempotencyModuleOptions, ResolvedIdempotencyOptions } from './ide
 import { bearerTokenScope } from './idempotency-scope';
 import type { IsolationLevel } from './store/idempotency.store';
 import { resolveWireOptions } from './wire-options';
+import { DEFAULT_STORE_TIMEOUT } from './store/store-timeout';
 
 /** Injection token of the options with their defaults applied. */
 export const RESOLVED_IDEMPOTENCY_OPTIONS = Symbol('idempotency:resolved-options');
@@ -28,6 +29,8 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease' | 'encry
   isolation: 'READ COMMITTED',
   purgeInterval: 10 * 60 * 1000,
   purgeBatchSize: 1000,
+  preparedStatements: true,
+  storeTimeout: DEFAULT_STORE_TIMEOUT,
 };
 
 /** The lease when none is set, unless half the TTL is shorter. */
@@ -42,7 +45,7 @@ const ISOLATION_LEVELS: IsolationLevel[] = ['READ COMMITTED', 'REPEATABLE READ',
 export function resolveOptions(options: IdempotencyModuleOptions = {}): ResolvedIdempotencyOptions {
   const defined = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
   const resolved = { ...DEFAULTS, ...defined } as ResolvedIdempotencyOptions;
-  const positive = (name: 'ttl' | 'lease' | 'maxResponseBytes' | 'purgeBatchSize') => {
+  const positive = (name: 'ttl' | 'lease' | 'maxResponseBytes' | 'purgeBatchSize' | 'storeTimeout') => {
     if (!Number.isInteger(resolved[name]) || resolved[name] <= 0) {
       throw new IdempotencyConfigurationError(`IdempotencyModule option "${name}" must be a positive integer; got ${String(resolved[name])}. Remove it to use the default.`);
     }
@@ -58,6 +61,7 @@ export function resolveOptions(options: IdempotencyModuleOptions = {}): Resolved
   positive('lease');
   positive('maxResponseBytes');
   positive('purgeBatchSize');
+  positive('storeTimeout');
   if (resolved.lease >= resolved.ttl) {
     throw new IdempotencyConfigurationError(`IdempotencyModule option "lease" (${resolved.lease} ms) must be shorter than "ttl" (${resolved.ttl} ms); lower the lease or raise the ttl.`);
   }

@@ -2,11 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { request as httpRequest, type Server } from 'node:http';
 import net from 'node:net';
 import { fingerprintRequest } from '../src/fingerprint';
-import type { Pool } from 'pg';
 import { IdempotencyStore } from '../src';
 import type { ClaimRequest } from '../src/store/idempotency.store';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
-import { sqlRunner, type SqlRunner } from '../src/store/sql-runner';
+import type { SqlRunner } from '../src/store/sql-runner';
 import { PLATFORMS, claimOpening, startFixtureApp, type FixtureApp } from './support/fixture-app';
 import { authed, scopeOf, send, type WireResponse } from './support/http-client';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
@@ -212,7 +211,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     if (claimed.kind !== 'claimed') throw new Error('expected a claim');
     await store.complete(claimed.owner, { status: 200, headers: {}, body: oldBody });
     // After the first piece is read, the record is taken over and completed with another body.
-    const run = sqlRunner((first.dataSource.driver as unknown as { master: Pool }).master);
+    const { run } = store;
     let pieces = 0;
     const interleaved: SqlRunner = async (statement, values) => {
       const result = await run(statement, values);
@@ -235,7 +234,7 @@ describe.each(PLATFORMS)('Concurrency, leases and faults (%s)', (platform) => {
     // A store of its own, so the history of the shared app's store does not decide which way it claims.
     const freshStore = () => {
       const store = new PostgresIdempotencyStore(first.dataSource);
-      const run = sqlRunner((first.dataSource.driver as unknown as { master: Pool }).master);
+      const { run } = first.app.get(IdempotencyStore) as PostgresIdempotencyStore;
       let statements: string[] = [];
       const recording: SqlRunner = (statement, values) => {
         statements.push(statement.name.replace(/^idempotency_|_v\d+$/g, ''));

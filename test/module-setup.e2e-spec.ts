@@ -204,6 +204,7 @@ describe('Module setup', () => {
     ['a negative purge interval', { purgeInterval: -1 }, /"purgeInterval" must be 0/],
     ['a purge interval longer than a timer can wait', { purgeInterval: 2 ** 31 }, /"purgeInterval" must be at most/],
     ['an unknown isolation level', { isolation: 'CHAOS' as never }, /"isolation" must be one of/],
+    ['a store timeout of 0', { storeTimeout: 0 }, /"storeTimeout" must be a positive integer/],
   ])('refuses %s at bootstrap, saying how to fix it', async (_name, options, message) => {
     // The DataSource is not connected: a failed bootstrap must leave no pool behind.
     const attempt = boot([typeorm({ manualInitialization: true }), IdempotencyModule.forRoot(options)]);

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import type { DataSource } from 'typeorm';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
+import { runStoreOptions } from './support/pooler';
 import { insertCompletedRecords } from './support/records';
 import { migratedDataSource } from './support/store-harness';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
@@ -67,7 +68,7 @@ describe('The purge lock', () => {
       watched.add(client);
       observeAfterEachStatement(client);
     });
-    return { dataSource, store: new PostgresIdempotencyStore(dataSource) };
+    return { dataSource, store: new PostgresIdempotencyStore(dataSource, runStoreOptions) };
   };
 
   it('is never held by a session between transactions', async () => {

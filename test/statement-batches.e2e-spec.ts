@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import type { Pool } from 'pg';
+import type { Pool, PoolClient } from 'pg';
 import { DataSource } from 'typeorm';
 import { CreateIdempotencyKeys1764288000000 } from '../src';
 import type { ClaimOutcome, ClaimRequest, RecordOwner, StoredResponse } from '../src/store/idempotency.store';
 import { PostgresIdempotencyStore } from '../src/store/postgres-idempotency.store';
 import { createTestDatabase, type TestDatabase } from './support/test-database';
+import { waitFor } from './support/wait-for';
 
 // The store sends the INSERTs and COMPLETEs of fresh keys, or the LOOKs of recorded ones, asked for
 // in one turn of the event loop as one statement each; every request must still get exactly its own answer.
@@ -18,13 +19,17 @@ describe('Statements shared by the requests of one turn', () => {
     database = await createTestDatabase();
     dataSource = new DataSource({ type: 'postgres', url: database.url, migrations: [CreateIdempotencyKeys1764288000000], migrationsRun: true });
     await dataSource.initialize();
-    // Names of the statements the store sends on this DataSource's pool, as they reach pg.
-    const pool = (dataSource.driver as unknown as { master: Pool }).master;
-    const query = pool.query.bind(pool) as (config: { name?: string }) => Promise<unknown>;
-    (pool as unknown as { query: typeof query }).query = (config) => {
-      if (config.name) statements.push(config.name.replace(/^idempotency_|_v\d+$/g, ''));
-      return query(config);
-    };
+    // Names of the statements the store sends on the connections of this DataSource's pool, as they reach pg.
+    const watched = new WeakSet<PoolClient>();
+    (dataSource.driver as unknown as { master: Pool }).master.on('acquire', (client) => {
+      if (watched.has(client)) return;
+      watched.add(client);
+      const query = client.query.bind(client) as (config: { name?: string }, ...rest: unknown[]) => Promise<unknown>;
+      (client as unknown as { query: typeof query }).query = (config, ...rest) => {
+        if (config?.name) statements.push(config.name.replace(/^idempotency_|_v\d+$/g, ''));
+        return query(config, ...rest);
+      };
+    });
   });
   afterAll(async () => {
     await dataSource?.destroy();
@@ -173,6 +178,8 @@ describe('Statements shared by the requests of one turn', () => {
       // Were that key in the batch's INSERT, the INSERT would wait for the transaction: here, for ever.
       const waited = new Promise<string>((resolve) => setTimeout(() => resolve('still waiting after 5 s'), 5_000).unref());
       expect(await Promise.race([store.claim(claimRequest()).then((outcome) => outcome.kind), waited])).toBe('claimed');
+      // The held key went on to CLAIM, which reaches its connection a moment later.
+      await waitFor(() => statements.length === 2);
       expect(statements).toEqual(['insert_many', 'claim']);
     } finally {
       await transaction.rollback();

@@ -146,11 +146,17 @@ describe.each(PLATFORMS)('Transactional mode (%s)', (platform) => {
   };
 
   it('inserts first while keys are new here too: a burst on a fresh key commits one row, and its retry replays', async () => {
-    for (let i = 0; i < 80 && claimOpening(app) !== 'insert'; i++) expect((await post('/ledger', randomUUID(), { note: randomUUID() })).status).toBe(201);
-    expect(claimOpening(app)).toBe('insert');
-
+    const untilInsertingFirst = async () => {
+      for (let i = 0; i < 80 && claimOpening(app) !== 'insert'; i++) {
+        expect((await post('/ledger', randomUUID(), { note: randomUUID() })).status).toBe(201);
+      }
+      expect(claimOpening(app)).toBe('insert');
+    };
+    await untilInsertingFirst();
     const { key, note } = await burstCommitsOneRow();
-    expect(claimOpening(app)).toBe('insert');
+    // The burst's duplicates that came after its commit found the key recorded, which may have moved
+    // the rate (more of them do behind a pooler): the retry goes out inserting first again.
+    await untilInsertingFirst();
     expect((await post('/ledger', key, { note })).headers['idempotency-replayed']).toBe('true');
     expect(await ledgerRows(note)).toBe(1);
   });

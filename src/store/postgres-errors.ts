@@ -19,3 +19,13 @@ export function isConnectionFailure(error: unknown): boolean {
   const state = sqlState(error);
   return state === undefined ? error instanceof Error : state.startsWith('08') || /^57P0[123]$/.test(state);
 }
+
+/**
+ * A named statement was missing on its connection (26000) or already prepared there (42P05): the
+ * statement failed before it ran. Behind a transaction pooler a connection's prepared statements
+ * stay with the server connection, which serves other clients between transactions.
+ */
+export function isLostPreparedStatement(error: unknown): boolean {
+  const state = sqlState(error);
+  return state === '26000' || state === '42P05';
+}

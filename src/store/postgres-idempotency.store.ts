@@ -12,8 +12,9 @@ import {
 } from './idempotency.store';
 import { PostgresStoreTransaction, tryKeyLock } from './postgres-store-transaction';
 import { RecordedKeyRate, type ClaimOpening } from './recorded-key-rate';
-import { sqlRunner, type PreparedStatement, type SqlRunner } from './sql-runner';
+import { StatementSender, type PreparedStatement, type SqlRunner } from './sql-runner';
 import { StatementBatcher } from './statement-batcher';
+import { DEFAULT_STORE_TIMEOUT } from './store-timeout';
 
 // A record whose TTL is over and that no live claim holds: purged, or taken over by any request.
 const expired = (row: string) =>
@@ -218,16 +219,40 @@ const TAKE_PURGE_LOCK = {
 /** How many times a claim is re-asked after losing a race for the key. */
 const CLAIM_ATTEMPTS = 5;
 
+/** How the store reaches PostgreSQL: the module options of the same names. */
+export interface PostgresStoreOptions {
+  /** @default true */
+  preparedStatements?: boolean;
+  /** @default 5_000 */
+  storeTimeout?: number;
+}
+
 /**
  * The PostgreSQL store. It borrows the pool of the host's TypeORM DataSource and talks to it
- * with prepared statements: no entity hydration or query building on the request path.
+ * with its own statements, prepared unless told otherwise: no entity hydration or query building
+ * on the request path.
  */
 export class PostgresIdempotencyStore extends IdempotencyStore {
-  constructor(private readonly dataSource: DataSource) {
+  private readonly statements: StatementSender;
+  private readonly timeout: number;
+
+  constructor(
+    private readonly dataSource: DataSource,
+    { preparedStatements = true, storeTimeout = DEFAULT_STORE_TIMEOUT }: PostgresStoreOptions = {},
+  ) {
     super();
+    this.timeout = storeTimeout;
+    this.statements = new StatementSender({ preparedStatements, timeout: storeTimeout });
+    this.run = this.statements.onPool(() => this.pool());
   }
 
-  private readonly run: SqlRunner = (statement, values) => sqlRunner(this.pool())(statement, values);
+  /** Runs a statement on a connection of the pool, as the store's own statements outside a transaction. */
+  readonly run: SqlRunner;
+
+  /** Whether statements still go out named: false once a transaction pooler lost one. */
+  get preparedStatements(): boolean {
+    return this.statements.prepared;
+  }
 
   private readonly recordedKeys = new RecordedKeyRate();
 
@@ -365,10 +390,10 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
     try {
       await client.query('BEGIN');
       const { rows } = await client.query(TAKE_PURGE_LOCK[skipIfBusy ? 'try' : 'wait'], [PURGE_LOCK_ID]);
-      const purged = rows[0].locked ? await client.query({ ...PURGE_BATCH, values: [batchSize] }) : undefined;
+      const purged = rows[0].locked ? await this.statements.onClient(client)(PURGE_BATCH, [batchSize]) : undefined;
       await client.query('COMMIT');
       client.release();
-      return purged && (purged.rowCount ?? 0);
+      return purged?.rowCount;
     } catch (error) {
       // Closing the connection rolls back whatever the batch began, even when it broke.
       client.release(true);
@@ -377,7 +402,7 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
   }
 
   async begin(isolation: IsolationLevel): Promise<StoreTransaction> {
-    return PostgresStoreTransaction.begin(this.dataSource, isolation, this);
+    return PostgresStoreTransaction.begin(this.dataSource, isolation, this, this.statements, this.timeout);
   }
 
   private pool(): Pool {

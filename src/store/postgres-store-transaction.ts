@@ -2,7 +2,9 @@ import type { PoolClient } from 'pg';
 import type { DataSource, EntityManager, QueryRunner } from 'typeorm';
 import type { ClaimOutcome, ClaimRequest, IsolationLevel, RecordOwner, StoreTransaction, StoredResponse } from './idempotency.store';
 import type { PostgresIdempotencyStore } from './postgres-idempotency.store';
-import { sqlRunner, type SqlRunner } from './sql-runner';
+import { isConnectionFailure } from './postgres-errors';
+import { keepErrorsFromCrashing, type SqlRunner, type StatementSender } from './sql-runner';
+import { StoreTimeoutError, withinTimeout } from './store-timeout';
 
 /**
  * Takes the transaction-scoped advisory lock of a scope + key, or answers false at once when another
@@ -17,29 +19,55 @@ const TRY_KEY_LOCK = { name: 'idempotency_try_key_lock_v1', text: `SELECT ${tryK
 
 const SAVEPOINT = 'idempotency_handler';
 
-/** A transactional route's transaction on one connection borrowed from the host DataSource. */
+/**
+ * A transactional route's transaction on one connection borrowed from the host DataSource. Every
+ * step waits for the database at most `timeout` ms; past that, or once the connection broke, the
+ * transaction is abandoned (its connection closed, never handed back to the pool).
+ */
 export class PostgresStoreTransaction implements StoreTransaction {
   private readonly run: SqlRunner;
+  /** A step timed out or lost the connection: closing the connection is all that is left. */
+  private broken = false;
 
   private constructor(
     private readonly queryRunner: QueryRunner,
     private readonly client: PoolClient,
     private readonly store: PostgresIdempotencyStore,
+    statements: StatementSender,
+    private readonly timeout: number,
   ) {
-    this.run = sqlRunner(client);
+    const send = statements.onClient(client);
+    this.run = (statement, values) => this.bounded(send(statement, values));
   }
 
   /** Borrows a connection and starts the transaction through TypeORM, so the handler's own nested transactions become savepoints. */
-  static async begin(dataSource: DataSource, isolation: IsolationLevel, store: PostgresIdempotencyStore): Promise<PostgresStoreTransaction> {
+  static async begin(
+    dataSource: DataSource,
+    isolation: IsolationLevel,
+    store: PostgresIdempotencyStore,
+    statements: StatementSender,
+    timeout: number,
+  ): Promise<PostgresStoreTransaction> {
+    const started = Date.now();
     const queryRunner = dataSource.createQueryRunner('master');
+    const connecting = queryRunner.connect() as Promise<PoolClient>;
+    // A connection that comes after the wait is over goes back unused.
+    const client = await withinTimeout(connecting, timeout, () => connecting.then(() => queryRunner.release())).catch(
+      async (error: unknown) => {
+        if (!(error instanceof StoreTimeoutError)) await queryRunner.release();
+        throw error;
+      },
+    );
+    keepErrorsFromCrashing(client);
+    const transaction = new PostgresStoreTransaction(queryRunner, client, store, statements, timeout);
     try {
-      const client = (await queryRunner.connect()) as PoolClient;
-      await queryRunner.startTransaction(isolation);
-      return new PostgresStoreTransaction(queryRunner, client, store);
+      // Connecting and starting share one timeout.
+      await transaction.bounded(queryRunner.startTransaction(isolation), Math.max(1, timeout - (Date.now() - started)));
     } catch (error) {
-      await queryRunner.release();
+      await transaction.rollback();
       throw error;
     }
+    return transaction;
   }
 
   get manager(): EntityManager {
@@ -53,11 +81,11 @@ export class PostgresStoreTransaction implements StoreTransaction {
   }
 
   async savepoint(): Promise<void> {
-    await this.client.query(`SAVEPOINT ${SAVEPOINT}`);
+    await this.bounded(this.client.query(`SAVEPOINT ${SAVEPOINT}`));
   }
 
   async rollbackToSavepoint(): Promise<void> {
-    await this.client.query(`ROLLBACK TO SAVEPOINT ${SAVEPOINT}`);
+    await this.bounded(this.client.query(`ROLLBACK TO SAVEPOINT ${SAVEPOINT}`));
   }
 
   async complete(owner: RecordOwner, response: StoredResponse): Promise<void> {
@@ -70,8 +98,10 @@ export class PostgresStoreTransaction implements StoreTransaction {
     try {
       // In a transaction that already failed, COMMIT quietly rolls back instead of raising; a
       // statement first makes such a failure visible.
-      await this.client.query('SELECT 1');
-      await this.queryRunner.commitTransaction();
+      await this.bounded(this.client.query('SELECT 1'));
+      // A COMMIT that timed out may still have committed: the caller answers 503, and the retry
+      // then finds the stored response, or nothing.
+      await this.bounded(this.queryRunner.commitTransaction());
     } catch (error) {
       await this.rollback();
       throw error;
@@ -93,12 +123,24 @@ export class PostgresStoreTransaction implements StoreTransaction {
   }
 
   async rollback(): Promise<void> {
+    if (this.broken) return this.abandon();
     try {
-      if (this.queryRunner.isTransactionActive) await this.queryRunner.rollbackTransaction();
+      if (this.queryRunner.isTransactionActive) await this.bounded(this.queryRunner.rollbackTransaction());
     } catch {
-      // The connection is broken; releasing it below is all that is left to do.
+      // The connection is broken (and, if it timed out, already closed); releasing it below is all
+      // that is left to do.
     } finally {
       await this.queryRunner.release();
+    }
+  }
+
+  /** `work` on this connection within the timeout; a step that times out or loses the connection breaks it. */
+  private async bounded<T>(work: Promise<T>, timeout = this.timeout): Promise<T> {
+    try {
+      return await withinTimeout(work, timeout, () => this.abandon());
+    } catch (error) {
+      if (isConnectionFailure(error)) this.broken = true;
+      throw error;
     }
   }
 }

@@ -1,3 +1,5 @@
+import { isConnectionFailure } from './postgres-errors';
+
 // Bounds a statement's arrays; more waiting items leave as several batches.
 const MOST_PER_BATCH = 64;
 
@@ -12,7 +14,9 @@ interface Waiting<T, R> {
  * (setImmediate) the items leave as one statement over all of them. Under load, when one turn
  * handles several requests, PostgreSQL then starts, plans and commits one statement (one WAL
  * flush) for several of them; a lone request waits only for the end of its turn and is sent with
- * the plain statement. A failed batch is sent again item by item, so an error stays with its item.
+ * the plain statement. A failed batch is sent again item by item, so an error stays with its item;
+ * unless the database could not be reached or did not answer in time: every item then fails with
+ * the batch, as sending each again would only make its request wait as long once more.
  */
 export class StatementBatcher<T, R> {
   private waiting: Waiting<T, R>[] = [];
@@ -46,7 +50,8 @@ export class StatementBatcher<T, R> {
   private sendMany(batch: Waiting<T, R>[]): void {
     this.many(batch.map((waiting) => waiting.item)).then(
       (results) => batch.forEach((waiting, index) => waiting.resolve(results[index])),
-      () => batch.forEach((waiting) => this.sendOne(waiting)),
+      (error: unknown) =>
+        batch.forEach((waiting) => (isConnectionFailure(error) ? waiting.reject(error) : this.sendOne(waiting))),
     );
   }
 }

@@ -40,6 +40,7 @@ import type { AddressInfo } from 'node:net';
 import { DataSource, type MigrationInterface } from 'typeorm';
 import { CreateIdempotencyKeys1764288000000, Idempotent, IdempotencyModule, IdempotencyStore, type IdempotencyModuleOptions } from '../../src';
 import type { ClaimOpening, RecordedKeyRate } from '../../src/store/recorded-key-rate';
+import { runStoreOptions } from './pooler';
 
 /** Counts handler executions and lets a test hold a handler until it says go. */
 @Injectable()
@@ -294,7 +295,7 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
         migrationsRun: true,
         extra: { max: spec.poolSize ?? 10, connectionTimeoutMillis: 2000 },
       }),
-      IdempotencyModule.forRoot(spec.options),
+      IdempotencyModule.forRoot({ ...runStoreOptions, ...spec.options }),
     ],
     controllers: spec.controllers,
     providers: [Probe, ...(spec.providers ?? [])],

@@ -7,11 +7,26 @@ export interface TcpProxy {
   cut(): Promise<void>;
   /** Accepts connections again on the same port. */
   restore(): Promise<void>;
+  /** Keeps every connection open, and accepts new ones, but forwards nothing: a database that does not answer. */
+  stall(): void;
+  /** Forwards again what a stall held back. */
+  resume(): void;
   close(): Promise<void>;
 }
 
 export async function startTcpProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
   const sockets = new Set<net.Socket>();
+  let stalled = false;
+  // Writes only while not stalled; a paused socket keeps what it receives until it is resumed.
+  const forward = (from: net.Socket, to: net.Socket) => {
+    from.on('data', (chunk) => {
+      if (!to.write(chunk)) from.pause();
+    });
+    to.on('drain', () => {
+      if (!stalled) from.resume();
+    });
+    from.on('end', () => to.end());
+  };
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPort, targetHost);
     for (const socket of [client, upstream]) {
@@ -22,7 +37,9 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
         upstream.destroy();
       });
     }
-    client.pipe(upstream).pipe(client);
+    forward(client, upstream);
+    forward(upstream, client);
+    if (stalled) for (const socket of [client, upstream]) socket.pause();
   });
   const listen = (port: number) => new Promise<void>((resolve) => server.listen(port, '127.0.0.1', () => resolve()));
   await listen(0);
@@ -32,5 +49,13 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
       for (const socket of sockets) socket.destroy();
       server.close(() => resolve());
     });
-  return { port, cut: stop, restore: () => listen(port), close: stop };
+  const flow = (paused: boolean) => {
+    stalled = paused;
+    for (const socket of sockets) {
+      if (paused) socket.pause();
+      else socket.resume();
+    }
+  };
+  const restore = () => listen(port);
+  return { port, cut: stop, restore, stall: () => flow(true), resume: () => flow(false), close: stop };
 }
