@@ -20,6 +20,7 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease' | 'encry
   isolation: 'READ COMMITTED',
   purgeInterval: 10 * 60 * 1000,
   purgeBatchSize: 1000,
+  batchStatements: true,
 };
 
 /** The lease when none is set, unless half the TTL is shorter. */

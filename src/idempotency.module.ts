@@ -56,8 +56,9 @@ function withProviders(definition: DynamicModule, dataSourceName: string | undef
       },
       {
         provide: IdempotencyStore,
-        useFactory: (dataSource: DataSource | undefined) => new PostgresIdempotencyStore(checkDataSource(dataSource, dataSourceName)),
-        inject: [{ token: getDataSourceToken(dataSourceName), optional: true }],
+        useFactory: (dataSource: DataSource | undefined, options: ResolvedIdempotencyOptions) =>
+          new PostgresIdempotencyStore(checkDataSource(dataSource, dataSourceName), options),
+        inject: [{ token: getDataSourceToken(dataSourceName), optional: true }, RESOLVED_IDEMPOTENCY_OPTIONS],
       },
       {
         provide: RecordResealer,

@@ -218,13 +218,25 @@ const TAKE_PURGE_LOCK = {
 /** How many times a claim is re-asked after losing a race for the key. */
 const CLAIM_ATTEMPTS = 5;
 
+/** How the store talks to PostgreSQL: the module options of the same names. */
+export interface PostgresStoreOptions {
+  /** @default true */
+  batchStatements?: boolean;
+}
+
 /**
  * The PostgreSQL store. It borrows the pool of the host's TypeORM DataSource and talks to it
  * with prepared statements: no entity hydration or query building on the request path.
  */
 export class PostgresIdempotencyStore extends IdempotencyStore {
-  constructor(private readonly dataSource: DataSource) {
+  private readonly batched: boolean;
+
+  constructor(
+    private readonly dataSource: DataSource,
+    { batchStatements = true }: PostgresStoreOptions = {},
+  ) {
     super();
+    this.batched = batchStatements;
   }
 
   private readonly run: SqlRunner = (statement, values) => sqlRunner(this.pool())(statement, values);
@@ -282,9 +294,19 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   /** What the opening statement settles: a record to answer from (LOOK), a new record (INSERT). */
   private async open(opening: ClaimOpening, request: ClaimRequest, run: SqlRunner): Promise<QueryResultRow | undefined> {
-    if (opening === 'insert') return run === this.run ? this.insertBatches.send(request) : (await run(INSERT, claimValues(request))).rows[0];
-    if (opening === 'look') return run === this.run ? this.lookBatches.send(request) : (await run(LOOK, [request.scope, request.key])).rows[0];
+    if (opening === 'insert') {
+      return this.batching(run) ? this.insertBatches.send(request) : (await run(INSERT, claimValues(request))).rows[0];
+    }
+    if (opening === 'look') {
+      const key = [request.scope, request.key];
+      return this.batching(run) ? this.lookBatches.send(request) : (await run(LOOK, key)).rows[0];
+    }
     return undefined;
+  }
+
+  /** Whether a statement on `run` may be shared: on the pool only (never in a transaction), and with batches on. */
+  private batching(run: SqlRunner): boolean {
+    return this.batched && run === this.run;
   }
 
   // Two requests of one key in a batch: the first tries the INSERT, the other goes on to CLAIM.
@@ -330,7 +352,9 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   async complete(owner: RecordOwner, response: StoredResponse, run: SqlRunner = this.run): Promise<boolean> {
     // A large body goes alone: in a batch it would be sent as hex text.
-    if (run === this.run && (response.body?.length ?? 0) <= INLINE_BODY_BYTES) return this.completeBatches.send({ owner, response });
+    if (this.batching(run) && (response.body?.length ?? 0) <= INLINE_BODY_BYTES) {
+      return this.completeBatches.send({ owner, response });
+    }
     return (await run(COMPLETE, completeValues(owner, response))).rowCount === 1;
   }
 
@@ -406,3 +430,8 @@ function completeValues(owner: RecordOwner, response: StoredResponse): unknown[]
 function recordId(record: RecordId): string {
   return `${record.scope.length}:${record.scope}${record.key}`;
 }
+
+/** The statements of the request path, for tests that read their plans; not part of the package's API. */
+export const REQUEST_STATEMENTS = {
+  CLAIM, INSERT, LOOK, TAKE_OVER, RENEW, COMPLETE, RELEASE, READ_BODY_PIECE, INSERT_MANY, LOOK_MANY, COMPLETE_MANY,
+};
