@@ -30,8 +30,11 @@ const claimable = (row: string, fingerprint: string) => `(${expired(row)}
 const INLINE_BODY_BYTES = 64 * 1024;
 const BODY_PIECE_BYTES = 256 * 1024;
 
-// The expiry as epoch milliseconds: a number is cheaper to read than a timestamp's text.
-const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 1000)::double precision AS expires_ms`;
+// The expiry as epoch milliseconds: a number is cheaper to read than a timestamp's text. Taken from
+// an interval, as extract() of a timestamptz is only STABLE, and Citus refuses a distributed INSERT or
+// UPDATE whose RETURNING calls anything but IMMUTABLE functions.
+const EXPIRES_MS = (row: string) =>
+  `(extract(epoch FROM ${row}.expires_at - timestamptz 'epoch') * 1000)::double precision AS expires_ms`;
 
 // What CLAIM returns for a record already there: as it is, and whether it may be taken over.
 const RECORD_COLUMNS = (row: string) => `${row}.fence, ${row}.fingerprint, ${row}.response_status, ${row}.response_headers,
@@ -63,7 +66,7 @@ const INSERT_RECORD = `
  * index: nothing is written.
  */
 const CLAIM: PreparedStatement = {
-  name: 'idempotency_claim_v5',
+  name: 'idempotency_claim_v6',
   text: `
     WITH claimed AS (${INSERT_RECORD})
     SELECT c.fence, NULL::varchar AS fingerprint, NULL::smallint AS response_status, NULL::jsonb AS response_headers,
@@ -78,7 +81,7 @@ const CLAIM: PreparedStatement = {
  * and PostgreSQL the plan around it, so when nearly all keys are new (see RecordedKeyRate) this is
  * tried first; a key it does not win then goes on to CLAIM.
  */
-const INSERT: PreparedStatement = { name: 'idempotency_insert_v1', text: INSERT_RECORD };
+const INSERT: PreparedStatement = { name: 'idempotency_insert_v2', text: INSERT_RECORD };
 
 // The statements for a batch take its items as one JSON array of objects ($1), read with
 // jsonb_to_recordset(). PostgreSQL knows an array parameter's length when it plans a statement for
@@ -94,7 +97,7 @@ const BATCH = (columns: string) => `jsonb_to_recordset($1::jsonb) AS v(${columns
  * Rows go in key order, so two batches never wait on each other's keys in opposite orders.
  */
 const INSERT_MANY: PreparedStatement = {
-  name: 'idempotency_insert_many_v2',
+  name: 'idempotency_insert_many_v3',
   text: `
     INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
     SELECT v.scope, v.key, v.fingerprint, 1 + floor(random() * 1073741823)::integer,
@@ -149,7 +152,7 @@ const READ_BODY_PIECE: PreparedStatement = {
  * again under the row lock, so of two racing take-overs only one matches.
  */
 const TAKE_OVER: PreparedStatement = {
-  name: 'idempotency_take_over_v1',
+  name: 'idempotency_take_over_v2',
   text: `
     UPDATE idempotency_keys AS k SET
       fingerprint = $3, fence = k.fence + 1, lease_expires_at = now() + $4::double precision * interval '1 millisecond',
