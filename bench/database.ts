@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -57,8 +58,8 @@ export async function startBenchDatabase(): Promise<BenchDatabase> {
   };
 }
 
-/** Creates the module's table (through its migration) and the baseline's copy of it. */
-export async function createSchema(url: string): Promise<void> {
+/** Creates the module's table through its migration. */
+export async function createModuleTable(url: string): Promise<void> {
   const dataSource = new DataSource({ type: 'postgres', url, migrations: [CreateIdempotencyKeys1764288000000] });
   await dataSource.initialize();
   try {
@@ -66,6 +67,11 @@ export async function createSchema(url: string): Promise<void> {
   } finally {
     await dataSource.destroy();
   }
+}
+
+/** Creates the module's table (through its migration) and the baseline's copy of it. */
+export async function createSchema(url: string): Promise<void> {
+  await createModuleTable(url);
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
@@ -75,26 +81,59 @@ export async function createSchema(url: string): Promise<void> {
   }
 }
 
+/** Completed records written straight into a table by {@link insertSeededRecords}. */
+export interface SeededRecords {
+  /** @default 'idempotency_keys' */
+  table?: string;
+  /** Keys `<prefix><n>` for n from `from` (default 1) to `to`; with `hashed`, {@link hashedKey} of each. */
+  prefix: string;
+  from?: number;
+  to: number;
+  hashed?: boolean;
+  /** The fingerprint of the request every record answers. */
+  fingerprint: string;
+  /** Expired an hour ago, or live for about a day; the n-th a millisecond earlier, so that no two expire together. */
+  expired?: boolean;
+}
+
+/**
+ * Inserts completed records of the benchmark scope with one INSERT … SELECT generate_series: each
+ * stores the answer to the benchmark request, a distinct payment.
+ */
+export function insertSeededRecords(
+  query: (text: string, values: unknown[]) => Promise<unknown>,
+  { table = 'idempotency_keys', prefix, from = 1, to, hashed = false, fingerprint, expired = false }: SeededRecords,
+): Promise<unknown> {
+  // %s becomes the record number, so every stored body is a distinct payment.
+  const storedBody = JSON.stringify(payment(`pay_seeded_%s`, JSON.parse(REQUEST_BODY)));
+  const headers = JSON.stringify({ 'content-type': 'application/json; charset=utf-8' });
+  const key = hashed ? `md5($2 || g)::uuid::text` : `$2 || g`;
+  return query(
+    `INSERT INTO ${table} (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at,
+                           completed_at, response_status, response_headers, response_body)
+     SELECT $1, ${key}, $3, 1, NULL, now() + $7::interval - g * interval '1 millisecond', now(), now(),
+            201, $4::jsonb, convert_to(format($5, g), 'UTF8')
+     FROM generate_series($6::int, $8::int) g`,
+    [SCOPE, prefix, fingerprint, headers, storedBody, from, expired ? '-1 hour' : '1 day', to],
+  );
+}
+
+/** The key {@link insertSeededRecords} gives record `n` with `hashed`: md5(`<prefix><n>`) as a UUID. */
+export function hashedKey(prefix: string, n: number): string {
+  const hex = createHash('md5').update(`${prefix}${n}`).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 /**
  * Inserts `count` completed records straight into each table, with the fingerprints the module
  * and the baseline compute for the benchmark request, so replays of `seeded-1` … `seeded-<count>`
  * succeed without any process having seen those keys.
  */
 export async function seedCompletedRecords(database: BenchDatabase, count: number): Promise<void> {
-  const body = JSON.parse(REQUEST_BODY);
-  // %s becomes the record number, so every stored body is a distinct payment.
-  const storedBody = JSON.stringify(payment(`pay_seeded_%s`, body));
-  const headers = JSON.stringify({ 'content-type': 'application/json; charset=utf-8' });
-  const seed = (table: string, fingerprint: string) =>
-    database.query(
-      `INSERT INTO ${table} (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at, completed_at,
-                             response_status, response_headers, response_body)
-       SELECT $1, $2 || g, $3, 1, NULL, now() + interval '1 day', now(), now(), 201, $4::jsonb, convert_to(format($5, g), 'UTF8')
-       FROM generate_series(1, $6::int) g`,
-      [SCOPE, SEEDED_KEY_PREFIX, fingerprint, headers, storedBody, count],
-    );
-  await seed('idempotency_keys', moduleFingerprint(ROUTES.idempotent));
-  await seed(NAIVE_TABLE, naiveFingerprint('POST', ROUTES.naiveReplay, body));
+  const records = { prefix: SEEDED_KEY_PREFIX, to: count };
+  await insertSeededRecords(database.query, { ...records, fingerprint: moduleFingerprint(ROUTES.idempotent) });
+  const naive = naiveFingerprint('POST', ROUTES.naiveReplay, JSON.parse(REQUEST_BODY));
+  await insertSeededRecords(database.query, { ...records, table: NAIVE_TABLE, fingerprint: naive });
   await database.query(`VACUUM ANALYZE idempotency_keys`);
   await database.query(`VACUUM ANALYZE ${NAIVE_TABLE}`);
   await database.query('CHECKPOINT');

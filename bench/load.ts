@@ -11,6 +11,10 @@ export interface LoadOptions {
   amount?: number;
   /** The Idempotency-Key of each request. */
   nextKey: () => string;
+  /** Requests per second over all connections; as fast as they go when absent. */
+  rate?: number;
+  /** Stops the run early once it settles. */
+  until?: Promise<unknown>;
 }
 
 export interface LoadResult {
@@ -21,6 +25,7 @@ export interface LoadResult {
   /** Latency percentiles of all responses, in ms (sub-millisecond precision). */
   p50: number;
   p99: number;
+  max: number;
   /** Responses whose status was not 2xx. */
   non2xx: number;
   statusCodes: Record<string, number>;
@@ -55,6 +60,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     pipelining: 1,
     timeout: 10,
     ...(options.amount !== undefined ? { amount: options.amount } : { duration: options.duration ?? 10 }),
+    ...(options.rate ? { overallRate: options.rate } : {}),
     requests: [
       {
         method: 'POST',
@@ -78,6 +84,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     statusCodes[statusCode] = (statusCodes[statusCode] ?? 0) + 1;
     if (statusCode < 200 || statusCode > 299) non2xx++;
   });
+  void options.until?.then(() => (instance as unknown as { stop(): void }).stop());
   const result = await done;
   return combineLoads([
     {
@@ -111,6 +118,7 @@ export function combineLoads(runs: LoadCounts[]): LoadResult {
     rps: count / seconds,
     p50: percentile(50),
     p99: percentile(99),
+    max: count === 0 ? NaN : latencies[count - 1],
     non2xx: sum('non2xx'),
     statusCodes,
     errors: sum('errors'),

@@ -68,7 +68,7 @@ export class ServerProcess {
 
   /** Resident set size in bytes, read from /proc without disturbing the process. */
   rss(): number {
-    return procStatusBytes(this.pid, 'VmRSS');
+    return processRss(this.pid);
   }
 
   /** Peak resident set size since start or since the last {@link resetPeakRss}. */
@@ -94,6 +94,11 @@ export class ServerProcess {
     await exited;
     clearTimeout(timer);
   }
+}
+
+/** Resident set size of a process in bytes, read from /proc without disturbing it. */
+export function processRss(pid: number): number {
+  return procStatusBytes(pid, 'VmRSS');
 }
 
 function procStatusBytes(pid: number, field: string): number {

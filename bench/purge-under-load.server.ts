@@ -1,7 +1,7 @@
 /**
- * The app of `npm run bench:purge`, in its own process (forked by bench/purge-under-load.ts, which
- * talks to it over IPC): one `@Idempotent()` route, and `{ type: 'purge' }` runs
- * `IdempotencyService.purgeExpired()` in this process, as the module's scheduled task would.
+ * The app of `npm run bench:purge` and `npm run bench:scale`, in its own process (forked through
+ * bench/purge-app.ts, which talks to it over IPC): one `@Idempotent()` route, and `{ type: 'purge' }`
+ * runs `IdempotencyService.purgeExpired()` in this process, as the module's scheduled task would.
  *
  * Env: DATABASE_URL, PURGE_BATCH_SIZE (the module's `purgeBatchSize`, default the module's).
  */

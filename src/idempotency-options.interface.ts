@@ -64,6 +64,12 @@ export interface IdempotencyModuleOptions {
   purgeBatchSize?: number;
   /** Name of the host's TypeORM DataSource to use. @default the default DataSource */
   dataSource?: string;
+  /**
+   * Send the INSERTs, LOOKs and COMPLETEs that requests ask for in one turn of the event loop as one
+   * statement over all their keys. Set false on Citus and other distributed tables: every statement
+   * then targets one key (one shard). @default true
+   */
+  batchStatements?: boolean;
   /** Seal stored headers and bodies with AES-256-GCM under a key ring (README, "Security"). @default off */
   encryption?: RecordEncryptionOptions;
   /**

@@ -31,6 +31,7 @@ const DEFAULTS: Omit<ResolvedIdempotencyOptions, 'dataSource' | 'lease' | 'encry
   purgeBatchSize: 1000,
   preparedStatements: true,
   storeTimeout: DEFAULT_STORE_TIMEOUT,
+  batchStatements: true,
 };
 
 /** The lease when none is set, unless half the TTL is shorter. */

@@ -39,6 +39,17 @@ describe('A table hash-partitioned by api_key_id', () => {
     }
   });
 
+  it('is the table the harness creates in npm run test:partitioned (IDEMPOTENCY_TEST_TABLE=partitioned)', async () => {
+    const other = await createTestDatabase();
+    try {
+      const runs = await migratedDataSource(other.url);
+      expect(await partitions(runs)).toBe(process.env.IDEMPOTENCY_TEST_TABLE === 'partitioned' ? 8 : 0);
+      await runs.destroy();
+    } finally {
+      await other.drop();
+    }
+  });
+
   it('purges exactly the expired records and keeps every live one, whatever partition each is in', async () => {
     await insertCompletedRecords(dataSource, { to: 300, scopes: 40, expired: true });
     await insertCompletedRecords(dataSource, { from: 301, to: 600, scopes: 40, expired: false });

@@ -31,8 +31,11 @@ const claimable = (row: string, fingerprint: string) => `(${expired(row)}
 const INLINE_BODY_BYTES = 64 * 1024;
 const BODY_PIECE_BYTES = 256 * 1024;
 
-// The expiry as epoch milliseconds: a number is cheaper to read than a timestamp's text.
-const EXPIRES_MS = (row: string) => `(extract(epoch FROM ${row}.expires_at) * 1000)::double precision AS expires_ms`;
+// The expiry as epoch milliseconds: a number is cheaper to read than a timestamp's text. Taken from
+// an interval, as extract() of a timestamptz is only STABLE, and Citus refuses a distributed INSERT or
+// UPDATE whose RETURNING calls anything but IMMUTABLE functions.
+const EXPIRES_MS = (row: string) =>
+  `(extract(epoch FROM ${row}.expires_at - timestamptz 'epoch') * 1000)::double precision AS expires_ms`;
 
 // What CLAIM returns for a record already there: as it is, and whether it may be taken over.
 const RECORD_COLUMNS = (row: string) => `${row}.fence, ${row}.fingerprint, ${row}.response_status, ${row}.response_headers,
@@ -64,7 +67,7 @@ const INSERT_RECORD = `
  * index: nothing is written.
  */
 const CLAIM: PreparedStatement = {
-  name: 'idempotency_claim_v5',
+  name: 'idempotency_claim_v6',
   text: `
     WITH claimed AS (${INSERT_RECORD})
     SELECT c.fence, NULL::varchar AS fingerprint, NULL::smallint AS response_status, NULL::jsonb AS response_headers,
@@ -79,7 +82,7 @@ const CLAIM: PreparedStatement = {
  * and PostgreSQL the plan around it, so when nearly all keys are new (see RecordedKeyRate) this is
  * tried first; a key it does not win then goes on to CLAIM.
  */
-const INSERT: PreparedStatement = { name: 'idempotency_insert_v1', text: INSERT_RECORD };
+const INSERT: PreparedStatement = { name: 'idempotency_insert_v2', text: INSERT_RECORD };
 
 // The statements for a batch take its items as one JSON array of objects ($1), read with
 // jsonb_to_recordset(). PostgreSQL knows an array parameter's length when it plans a statement for
@@ -95,7 +98,7 @@ const BATCH = (columns: string) => `jsonb_to_recordset($1::jsonb) AS v(${columns
  * Rows go in key order, so two batches never wait on each other's keys in opposite orders.
  */
 const INSERT_MANY: PreparedStatement = {
-  name: 'idempotency_insert_many_v2',
+  name: 'idempotency_insert_many_v3',
   text: `
     INSERT INTO idempotency_keys AS k (api_key_id, idem_key, fingerprint, fence, lease_expires_at, expires_at, created_at)
     SELECT v.scope, v.key, v.fingerprint, 1 + floor(random() * 1073741823)::integer,
@@ -150,7 +153,7 @@ const READ_BODY_PIECE: PreparedStatement = {
  * again under the row lock, so of two racing take-overs only one matches.
  */
 const TAKE_OVER: PreparedStatement = {
-  name: 'idempotency_take_over_v1',
+  name: 'idempotency_take_over_v2',
   text: `
     UPDATE idempotency_keys AS k SET
       fingerprint = $3, fence = k.fence + 1, lease_expires_at = now() + $4::double precision * interval '1 millisecond',
@@ -219,12 +222,14 @@ const TAKE_PURGE_LOCK = {
 /** How many times a claim is re-asked after losing a race for the key. */
 const CLAIM_ATTEMPTS = 5;
 
-/** How the store reaches PostgreSQL: the module options of the same names. */
+/** How the store talks to PostgreSQL: the module options of the same names. */
 export interface PostgresStoreOptions {
   /** @default true */
   preparedStatements?: boolean;
   /** @default 5_000 */
   storeTimeout?: number;
+  /** @default true */
+  batchStatements?: boolean;
 }
 
 /**
@@ -235,13 +240,19 @@ export interface PostgresStoreOptions {
 export class PostgresIdempotencyStore extends IdempotencyStore {
   private readonly statements: StatementSender;
   private readonly timeout: number;
+  private readonly batched: boolean;
 
   constructor(
     private readonly dataSource: DataSource,
-    { preparedStatements = true, storeTimeout = DEFAULT_STORE_TIMEOUT }: PostgresStoreOptions = {},
+    {
+      preparedStatements = true,
+      storeTimeout = DEFAULT_STORE_TIMEOUT,
+      batchStatements = true,
+    }: PostgresStoreOptions = {},
   ) {
     super();
     this.timeout = storeTimeout;
+    this.batched = batchStatements;
     this.statements = new StatementSender({ preparedStatements, timeout: storeTimeout });
     this.run = this.statements.onPool(() => this.pool());
   }
@@ -307,9 +318,19 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   /** What the opening statement settles: a record to answer from (LOOK), a new record (INSERT). */
   private async open(opening: ClaimOpening, request: ClaimRequest, run: SqlRunner): Promise<QueryResultRow | undefined> {
-    if (opening === 'insert') return run === this.run ? this.insertBatches.send(request) : (await run(INSERT, claimValues(request))).rows[0];
-    if (opening === 'look') return run === this.run ? this.lookBatches.send(request) : (await run(LOOK, [request.scope, request.key])).rows[0];
+    if (opening === 'insert') {
+      return this.batching(run) ? this.insertBatches.send(request) : (await run(INSERT, claimValues(request))).rows[0];
+    }
+    if (opening === 'look') {
+      const key = [request.scope, request.key];
+      return this.batching(run) ? this.lookBatches.send(request) : (await run(LOOK, key)).rows[0];
+    }
     return undefined;
+  }
+
+  /** Whether a statement on `run` may be shared: on the pool only (never in a transaction), and with batches on. */
+  private batching(run: SqlRunner): boolean {
+    return this.batched && run === this.run;
   }
 
   // Two requests of one key in a batch: the first tries the INSERT, the other goes on to CLAIM.
@@ -355,7 +376,9 @@ export class PostgresIdempotencyStore extends IdempotencyStore {
 
   async complete(owner: RecordOwner, response: StoredResponse, run: SqlRunner = this.run): Promise<boolean> {
     // A large body goes alone: in a batch it would be sent as hex text.
-    if (run === this.run && (response.body?.length ?? 0) <= INLINE_BODY_BYTES) return this.completeBatches.send({ owner, response });
+    if (this.batching(run) && (response.body?.length ?? 0) <= INLINE_BODY_BYTES) {
+      return this.completeBatches.send({ owner, response });
+    }
     return (await run(COMPLETE, completeValues(owner, response))).rowCount === 1;
   }
 
@@ -431,3 +454,8 @@ function completeValues(owner: RecordOwner, response: StoredResponse): unknown[]
 function recordId(record: RecordId): string {
   return `${record.scope.length}:${record.scope}${record.key}`;
 }
+
+/** The statements of the request path, for tests that read their plans; not part of the package's API. */
+export const REQUEST_STATEMENTS = {
+  CLAIM, INSERT, LOOK, TAKE_OVER, RENEW, COMPLETE, RELEASE, READ_BODY_PIECE, INSERT_MANY, LOOK_MANY, COMPLETE_MANY,
+};

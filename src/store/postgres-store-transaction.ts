@@ -15,7 +15,8 @@ import { StoreTimeoutError, withinTimeout } from './store-timeout';
 export const tryKeyLock = (scope: string, key: string) =>
   `pg_try_advisory_xact_lock(hashtextextended(length(${scope})::text || ':' || ${scope} || ${key}, 7305219447))`;
 
-const TRY_KEY_LOCK = { name: 'idempotency_try_key_lock_v1', text: `SELECT ${tryKeyLock('$1', '$2')} AS locked` };
+/** The transactional claim's first statement: the key's advisory lock, or false at once. */
+export const TRY_KEY_LOCK = { name: 'idempotency_try_key_lock_v1', text: `SELECT ${tryKeyLock('$1', '$2')} AS locked` };
 
 const SAVEPOINT = 'idempotency_handler';
 

@@ -38,9 +38,10 @@ import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fa
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { DataSource, type MigrationInterface } from 'typeorm';
-import { CreateIdempotencyKeys1764288000000, Idempotent, IdempotencyModule, IdempotencyStore, type IdempotencyModuleOptions } from '../../src';
+import { Idempotent, IdempotencyModule, IdempotencyStore, type IdempotencyModuleOptions } from '../../src';
 import type { ClaimOpening, RecordedKeyRate } from '../../src/store/recorded-key-rate';
 import { runStoreOptions } from './pooler';
+import { runTableMigration } from './test-table';
 
 /** Counts handler executions and lets a test hold a handler until it says go. */
 @Injectable()
@@ -273,7 +274,7 @@ export interface FixtureSpec {
   platform?: Platform;
   /** Connections in the pool of the app's DataSource. @default 10 */
   poolSize?: number;
-  /** The migration that creates the table. @default CreateIdempotencyKeys1764288000000 */
+  /** The migration that creates the table. @default the run's (see test-table.ts) */
   migration?: new () => MigrationInterface;
   /** Runs before the app listens, e.g. to add a platform hook. */
   configure?: (app: INestApplication) => void;
@@ -291,7 +292,7 @@ export async function bootFixture(databaseUrl: string, spec: FixtureSpec): Promi
         type: 'postgres',
         url: databaseUrl,
         autoLoadEntities: true,
-        migrations: [spec.migration ?? CreateIdempotencyKeys1764288000000],
+        migrations: [spec.migration ?? runTableMigration],
         migrationsRun: true,
         extra: { max: spec.poolSize ?? 10, connectionTimeoutMillis: 2000 },
       }),

@@ -1,11 +1,11 @@
 import { DataSource, type MigrationInterface } from 'typeorm';
-import { CreateIdempotencyKeys1764288000000 } from '../../src';
 import type { ClaimOutcome, RecordOwner } from '../../src/store/idempotency.store';
+import { runTableMigration } from './test-table';
 
-/** An initialised DataSource on the database at `url`, its table created by `migration`. */
+/** An initialised DataSource on the database at `url`, its table created by `migration` (the run's by default). */
 export async function migratedDataSource(
   url: string,
-  migration: new () => MigrationInterface = CreateIdempotencyKeys1764288000000,
+  migration: new () => MigrationInterface = runTableMigration,
 ): Promise<DataSource> {
   return new DataSource({ type: 'postgres', url, migrations: [migration], migrationsRun: true }).initialize();
 }
