@@ -21,5 +21,5 @@ export default {
   timeoutMS: 2500,
   reporters: ['clear-text', 'progress', 'html', 'json'],
   // break: just under the score reached, so that a drop (a new survivor) fails the run.
-  thresholds: { high: 97, low: 95, break: 95.9 },
+  thresholds: { high: 97, low: 95, break: 97.2 },
 };

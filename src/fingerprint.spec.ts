@@ -159,7 +159,7 @@ describe('fingerprintRequest of values beyond JSON (as lenient parsers yield)', 
     expect(new Set(fingerprints).size).toBe(values.length);
   });
 
-  // Records outlive deploys: a retry sent across one must get the same fingerprint.
+  // Each value is written as its tagged form, which stored fingerprints were made of, as for JSON above.
   const mapText = 'Map([["b",1],[2,Set(["x"])]])';
   it.each<[string, unknown, string]>([
     ['values JSON lacks', [NaN, Infinity, -Infinity, undefined, 1n], '[NaN,Infinity,-Infinity,undefined,1n]'],
