@@ -8,6 +8,8 @@ module.exports = {
     '<rootDir>/src/fingerprint.spec.ts',
     '<rootDir>/src/request-key.spec.ts',
     '<rootDir>/src/idempotency-options.spec.ts',
+    '<rootDir>/src/option-defaults.spec.ts',
+    '<rootDir>/src/encryption/encryption-options.spec.ts',
     '<rootDir>/src/idempotency.exceptions.spec.ts',
     '<rootDir>/src/idempotency-errors.spec.ts',
     '<rootDir>/src/store/statement-batcher.spec.ts',

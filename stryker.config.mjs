@@ -5,6 +5,7 @@ export default {
     'src/fingerprint.ts',
     'src/request-key.ts',
     'src/idempotency-options.ts',
+    'src/encryption/encryption-options.ts',
     'src/idempotency.exceptions.ts',
     'src/idempotency-errors.ts',
     'src/store/statement-batcher.ts',
@@ -18,7 +19,7 @@ export default {
   concurrency: 2,
   // Every test here takes milliseconds; what exceeds this loops forever. Each timeout costs its worker a restart.
   timeoutMS: 2500,
-  reporters: ['clear-text', 'progress', 'html'],
+  reporters: ['clear-text', 'progress', 'html', 'json'],
   // break: just under the score reached, so that a drop (a new survivor) fails the run.
-  thresholds: { high: 97, low: 95, break: 95.9 },
+  thresholds: { high: 97, low: 95, break: 97.2 },
 };
