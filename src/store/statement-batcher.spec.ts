@@ -1,18 +1,24 @@
 import { StatementBatcher } from './statement-batcher';
 
-/** A batcher over doubling statements that records what each was sent; `failing` items make theirs fail. */
-function doubling(failing: number[] = []) {
+/** An error PostgreSQL raised for a statement (it has a SQLSTATE), as opposed to a lost connection. */
+const statementError = (message: string) => Object.assign(new Error(message), { code: '23505' });
+
+/**
+ * A batcher over doubling statements that records what each was sent; `failing` items make theirs
+ * fail with a statement error, or, with `connectionLost`, the batch with an error of no SQLSTATE.
+ */
+function doubling(failing: number[] = [], connectionLost = false) {
   const sent = { many: [] as number[][], one: [] as number[] };
   const fail = (items: number[]) => items.some((item) => failing.includes(item));
   const batcher = new StatementBatcher<number, number>(
     async (items) => {
       sent.many.push(items);
-      if (fail(items)) throw new Error('batch failed');
+      if (fail(items)) throw connectionLost ? new Error('Connection terminated') : statementError('batch failed');
       return items.map((item) => item * 2);
     },
     async (item) => {
       sent.one.push(item);
-      if (fail([item])) throw new Error(`item ${item} failed`);
+      if (fail([item])) throw statementError(`item ${item} failed`);
       return item * 2;
     },
   );
@@ -77,6 +83,13 @@ describe('StatementBatcher', () => {
       { status: 'fulfilled', value: 6 },
     ]);
     expect(sent).toEqual({ many: [[1, 2, 3]], one: [1, 2, 3] });
+  });
+
+  it('fails every item of a batch whose connection was lost, without sending them again', async () => {
+    const { batcher, sent } = doubling([2], true);
+    const settled = await Promise.allSettled([1, 2, 3].map((item) => batcher.send(item)));
+    expect(settled.map((result) => result.status)).toEqual(['rejected', 'rejected', 'rejected']);
+    expect(sent).toEqual({ many: [[1, 2, 3]], one: [] });
   });
 
   it('rejects a lone item with the error of its statement', async () => {
