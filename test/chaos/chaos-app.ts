@@ -7,7 +7,8 @@
 // `effects` (no interceptor of the app's own), `held` (an outer async interceptor holds the answer a
 // moment) or `timed` (Nest's documented timeout interceptor answers 408 after TIMEOUT_MS). The
 // answer embeds the caller's scope and the id of this execution, so the runner can tell which
-// execution (and which caller) an answer belongs to.
+// execution (and which caller) an answer belongs to. On Fastify, an `onRequest` hook sets
+// `x-request-id` (the caller's, or a new one) and an async `onSend` hook delays every answer.
 //
 // Env: DATABASE_URL; CHAOS_INSTANCE (name), CHAOS_EPOCH (id of this process), CHAOS_PLATFORM
 // (express|fastify), CHAOS_PORT (0: any), CHAOS_LEASE_MS, CHAOS_HANG=1 (every handler writes its
@@ -135,6 +136,20 @@ async function write(query: Query, sql: string, values: unknown[]): Promise<void
   }
 }
 
+/** Fastify with hooks of the kind plugins add: a request id on every reply, and an async onSend. */
+function fastifyWithHooks(): FastifyAdapter {
+  const adapter = new FastifyAdapter();
+  const fastify = adapter.getInstance();
+  fastify.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.headers['x-request-id'] ?? randomUUID());
+  });
+  fastify.addHook('onSend', async (_request, _reply, payload) => {
+    await sleep(randomInt(0, 21));
+    return payload;
+  });
+  return adapter;
+}
+
 function sabotage(): IdempotencyModuleOptions {
   switch (process.env.CHAOS_SABOTAGE) {
     case 'shared-scope':
@@ -184,7 +199,7 @@ async function main(): Promise<void> {
   const logger: LogLevel[] | false = process.env.CHAOS_LOGS === '1' ? ['error', 'warn'] : false;
   const app =
     process.env.CHAOS_PLATFORM === 'fastify'
-      ? await NestFactory.create(ChaosModule, new FastifyAdapter(), { logger })
+      ? await NestFactory.create(ChaosModule, fastifyWithHooks(), { logger })
       : await NestFactory.create(ChaosModule, { logger });
   await app.listen(Number(process.env.CHAOS_PORT ?? 0), '127.0.0.1');
   const { port } = app.getHttpServer().address() as AddressInfo;

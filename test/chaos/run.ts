@@ -1,7 +1,7 @@
 // npm run test:chaos — exactly-once under load and faults, end to end.
 //
 // Starts its own PostgreSQL (embedded, so it can restart it), three instances of the chaos app
-// (test/chaos/chaos-app.ts; Express, Fastify, Express) and drives them from this process
+// (test/chaos/chaos-app.ts; Express, Fastify with hooks, Express) and drives them from this process
 // with 32 concurrent clients for
 // CHAOS_LOAD_MS, at least CHAOS_SENDS (≥ 2,000) requests over 500 keys, on routes without an
 // interceptor of the app's own, behind an outer async interceptor, or behind a timeout interceptor
@@ -342,6 +342,8 @@ const otherOutcomes = new Map<string, number>();
 const answers: Answer[] = [];
 const fiveXX: FiveXX[] = [];
 const gaveUp: KeyPlan[] = [];
+/** Answers of the Fastify instance whose x-request-id is not the one its onRequest hook set for them. */
+const foreignRequestIds = { replays: 0, others: 0, samples: [] as string[] };
 let httpRequests = 0;
 
 function count(instance: string, outcome: Outcome): void {
@@ -411,7 +413,7 @@ async function runSend(send: Send, instances: Instance[]): Promise<void> {
  * What one attempt's result means: counted, and recorded when it is an answer to check. Returns
  * how long to wait before the next attempt, or undefined when this was the final answer.
  */
-function judge({ send, name, requestId }: Outgoing, result: AttemptResult): number | undefined {
+function judge({ send, name, instance, requestId }: Outgoing, result: AttemptResult): number | undefined {
   const { key } = send;
   count(name, 'attempts');
   if (result.kind === 'network') {
@@ -420,6 +422,14 @@ function judge({ send, name, requestId }: Outgoing, result: AttemptResult): numb
   }
   const { status, body } = result;
   const replayed = result.headers['idempotency-replayed'] === 'true';
+  if (instance.platform === 'fastify' && result.headers['x-request-id'] !== requestId) {
+    foreignRequestIds[replayed ? 'replays' : 'others']++;
+    if (foreignRequestIds.samples.length < 3) {
+      const got = result.headers['x-request-id'] ?? 'none';
+      const what = `${status}${replayed ? ' (replayed)' : ''}`;
+      foreignRequestIds.samples.push(`${what} on ${name}: x-request-id ${got}, sent ${requestId}`);
+    }
+  }
   const answer: Answer = { key, requestId, status, body, replayed, instance: name, phase: send.phase };
   if (status >= 200 && status < 300) {
     count(name, replayed ? '201 replay' : '201');
@@ -798,6 +808,11 @@ async function main(): Promise<number> {
       `timeouts: 408 × ${answerCounts.timeouts.leased} leased, × ${answerCounts.timeouts.tx} tx; leased keys ` +
         `completed without an answer: ${answerlessKeys}, 409 not_stored answers: ${answerCounts.notStored}`,
     );
+    out.push(
+      `x-request-id: ${foreignRequestIds.replays} replays and ${foreignRequestIds.others} other answers of the ` +
+        `Fastify instance without the id its onRequest hook set (reported, not counted)`,
+    );
+    for (const sample of foreignRequestIds.samples) out.push(`x-request-id: ${sample}`);
     out.push(`events from the apps: ${summarise(events.map((e) => `${e.name}${e.name === 'released' ? ` ${e.status}` : ''}`))}`);
     out.push(`lease_lost events for records claimed once (so no lease was lost): ${spuriousLeaseLost}`);
     out.push(`unfinished keys: ${unfinishedKeys}; keys whose stored answer has no matching effect: ${missingEffects}; clients that gave up: ${gaveUp.length}; instance crashes: ${crashes.length}`);
