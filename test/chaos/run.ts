@@ -2,7 +2,7 @@
 //
 // Starts its own PostgreSQL (embedded, so it can restart it), three instances of the chaos app
 // (test/chaos/chaos-app.ts; Express, Fastify with hooks, Express) and drives them from this process
-// with 32 concurrent clients for
+// with 32 concurrent clients (half of them on keep-alive connections, a quarter pipelining) for
 // CHAOS_LOAD_MS, at least CHAOS_SENDS (≥ 2,000) requests over 500 keys, on routes without an
 // interceptor of the app's own, behind an outer async interceptor, or behind a timeout interceptor
 // that answers 408 while slow handlers still run: random duplicates, concurrent duplicates of one
@@ -35,6 +35,7 @@ import { type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { Agent } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -44,6 +45,7 @@ import { CreateIdempotencyKeys1764288000000 } from '../../src';
 import { keyHash } from '../../src/log-format';
 import { startChildApp } from '../support/child-app';
 import { attempt, type AttemptResult } from './attempt';
+import { pipelined } from './raw-http';
 import { DELAY_HEADER, EFFECTS_SCHEMA, type EffectAnswer, type EffectRequest } from './effects';
 
 const LEASE_MS = 2000;
@@ -389,15 +391,29 @@ function requestHeaders({ send: { key }, requestId, flight }: Outgoing): Record<
   };
 }
 
-/** One logical client request: the same key and body on every attempt until a final answer. */
-async function runSend(send: Send, instances: Instance[]): Promise<void> {
+/**
+ * One logical client request: the same key and body on every attempt until a final answer, on
+ * `agent`'s keep-alive connections if given; `first` is its first attempt when that went out in a
+ * pipeline.
+ */
+async function runSend(
+  send: Send,
+  instances: Instance[],
+  agent?: Agent,
+  first?: Promise<[Outgoing, AttemptResult]>,
+): Promise<void> {
   const deadline = Date.now() + SEND_DEADLINE_MS;
   for (let n = 0; ; n++) {
-    const sent = outgoing(send, instances[n === 0 ? send.index % instances.length : between(0, instances.length - 1)]);
-    const { path, body } = send.key;
-    const abortAfterMs = n === 0 ? send.abortAfterMs : undefined;
-    const headers = requestHeaders(sent);
-    const result = await attempt({ url: sent.instance.url, path, headers, body, abortAfterMs });
+    let sent: Outgoing;
+    let result: AttemptResult;
+    if (n === 0 && first) [sent, result] = await first;
+    else {
+      sent = outgoing(send, instances[n === 0 ? send.index % instances.length : between(0, instances.length - 1)]);
+      const { path, body } = send.key;
+      const abortAfterMs = n === 0 ? send.abortAfterMs : undefined;
+      const headers = requestHeaders(sent);
+      result = await attempt({ url: sent.instance.url, path, headers, body, abortAfterMs, agent });
+    }
     sent.instance.inFlight.delete(sent.flight);
     const retryIn = judge(sent, result);
     if (retryIn === undefined) return;
@@ -407,6 +423,30 @@ async function runSend(send: Send, instances: Instance[]): Promise<void> {
     }
     await sleep(retryIn);
   }
+}
+
+/** Sends `batch` pipelined on one connection, then goes on with each as a send of its own. */
+async function runPipeline(batch: Send[], instances: Instance[]): Promise<void> {
+  const instance = instances[batch[0].index % instances.length];
+  const sent = batch.map((send) => outgoing(send, instance));
+  const sentAt = Date.now();
+  const requests = sent.map((one) => ({
+    path: one.send.key.path,
+    headers: Object.entries({ ...requestHeaders(one), 'content-type': 'application/json' }),
+    body: Buffer.from(one.send.key.body),
+  }));
+  const abortAfterMs = batch.find((send) => send.abortAfterMs !== undefined)?.abortAfterMs;
+  const answered = pipelined(instance.url, requests, abortAfterMs).then((responses) => {
+    const doneAt = Date.now();
+    return responses.map((response): AttemptResult => {
+      const aborted = abortAfterMs !== undefined;
+      if (!response) return { kind: 'network', error: 'no answer in the pipeline', aborted, sentAt, doneAt };
+      const headers = Object.fromEntries(Object.entries(response.headers).map(([name, values]) => [name, values[0]]));
+      return { kind: 'response', status: response.status, headers, body: response.body, sentAt, doneAt };
+    });
+  });
+  const firsts = sent.map((one, i) => answered.then((results): [Outgoing, AttemptResult] => [one, results[i]]));
+  await Promise.all(batch.map((send, i) => runSend(send, instances, undefined, firsts[i])));
 }
 
 /**
@@ -469,11 +509,29 @@ function judge({ send, name, instance, requestId }: Outgoing, result: AttemptRes
   return undefined;
 }
 
-/** IN_FLIGHT clients, each sending one logical request after the other (retries included) until `next` runs dry. */
+/**
+ * IN_FLIGHT clients, each sending one logical request after the other (retries included) until
+ * `next` runs dry. A quarter open a connection per attempt; half keep theirs alive between requests
+ * (their aborts then cut a connection that has served others); a quarter pipeline 2-4 sends at a
+ * time on one connection (an abort cuts the answers still queued behind the running ones).
+ */
 async function runClients(next: () => Send | undefined, instances: Instance[]): Promise<void> {
   await Promise.all(
-    Array.from({ length: IN_FLIGHT }, async () => {
-      for (let send = next(); send; send = next()) await runSend(send, instances);
+    Array.from({ length: IN_FLIGHT }, async (_, client) => {
+      if (client % 4 === 1) {
+        for (;;) {
+          const batch: Send[] = [];
+          for (let size = between(2, 4), send; batch.length < size && (send = next()); ) batch.push(send);
+          if (batch.length === 0) return;
+          await runPipeline(batch, instances);
+        }
+      }
+      const agent = client % 4 >= 2 ? new Agent({ keepAlive: true }) : undefined;
+      try {
+        for (let send = next(); send; send = next()) await runSend(send, instances, agent);
+      } finally {
+        agent?.destroy();
+      }
     }),
   );
 }
