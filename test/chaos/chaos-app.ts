@@ -17,6 +17,7 @@
 //   shared-scope      every caller shares one scope                    → cross_scope_replays, mismatched_replays
 //   raw-token         the scope is the raw bearer token                 → raw_tokens_stored
 //   double-effect     the leased handler writes twice                   → duplicate_effects
+//   idle-transaction  1 in 20 leased handlers leave a transaction open  → open_transactions_after
 import 'reflect-metadata';
 import {
   Body,
@@ -42,6 +43,7 @@ import { randomInt, randomUUID } from 'node:crypto';
 import diagnostics_channel from 'node:diagnostics_channel';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
 import { type Observable, TimeoutError, catchError, mergeMap, throwError, timeout } from 'rxjs';
 import { DataSource, type EntityManager } from 'typeorm';
 import { IDEMPOTENCY_CHANNELS, Idempotent, IdempotencyModule, IdempotencyTransaction, bearerTokenScope, type IdempotencyEvent, type IdempotencyModuleOptions } from '../../src';
@@ -96,7 +98,8 @@ function effectsController(prefix: string, ...interceptors: Type<NestInterceptor
     }
 
     @Post('leased') @Idempotent()
-    leased(@Body() body: EffectRequest, @Req() request: unknown) {
+    async leased(@Body() body: EffectRequest, @Req() request: unknown) {
+      if (process.env.CHAOS_SABOTAGE === 'idle-transaction' && Math.random() < 0.05) await leaveTransactionOpen();
       return execute('leased', body, request, (sql, values) => this.dataSource.query(sql, values));
     }
   }
@@ -134,6 +137,15 @@ async function write(query: Query, sql: string, values: unknown[]): Promise<void
     if (isConnectivityError(error)) throw new ServiceUnavailableException({ error: { code: 'database_unavailable' } });
     throw error;
   }
+}
+
+/** CHAOS_SABOTAGE=idle-transaction: a connection of its own left idle in a transaction. */
+async function leaveTransactionOpen(): Promise<void> {
+  const client = new pg.Client({ connectionString: process.env.DATABASE_URL });
+  client.on('error', () => undefined);
+  await client.connect();
+  await client.query('BEGIN');
+  await client.query('SELECT 1');
 }
 
 /** Fastify with hooks of the kind plugins add: a request id on every reply, and an async onSend. */

@@ -26,11 +26,12 @@
 //   cross_scope_replays     answers whose embedded scope is not the caller's
 //   unexpected_5xx          5xx outside the database restart, and any 5xx other than 503
 //   outage_503              503s of requests that overlapped the database restart (expected)
+//   open_transactions_after sessions idle in a transaction once everything is done
 //
 // Settings (env): CHAOS_SEED, CHAOS_SENDS (3000), CHAOS_LOAD_MS (45000), CHAOS_LOGS=1 (app logs on
 // stderr), CHAOS_KEEP_LOGS=1 (keep the per-instance logs folder),
-// CHAOS_SABOTAGE=shared-scope|raw-token|double-effect (break the app on purpose: the run must then
-// fail; see chaos-app.ts).
+// CHAOS_SABOTAGE=shared-scope|raw-token|double-effect|idle-transaction (break the app on purpose: the
+// run must then fail; see chaos-app.ts).
 import { type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { createWriteStream, type WriteStream } from 'node:fs';
@@ -62,6 +63,8 @@ const OUTAGE_GRACE_MS = 3000;
 const SEND_DEADLINE_MS = 60_000;
 const SEED = Number(process.env.CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const PLATFORMS = ['express', 'fastify', 'express'] as const;
+/** After the run, how long sessions left idle in a transaction get to go away by themselves. */
+const OPEN_TRANSACTIONS_GRACE_MS = 3000;
 
 // ---------------------------------------------------------------------------------------------
 // Plan
@@ -644,6 +647,7 @@ async function main(): Promise<number> {
     const verify: Send[] = keys.map((key, i) => ({ index: i, key, phase: 'verify' }));
     const verifySends = verify.length;
     await runClients(() => verify.shift(), instances);
+    const open = await openTransactions(client);
 
     // ---- Collect the final state
     const records = new Map<string, StoredRecord>();
@@ -878,6 +882,7 @@ async function main(): Promise<number> {
       `records without an answer but a leased 408 behind the timeout: ${unreplayableRecords}; ` +
         `tx effects committed before their handler ended: ${partialCommits}`,
     );
+    for (const session of open) out.push(`open transaction: ${session}`);
     if (otherOutcomes.size > 0) out.push(`other 4xx: ${summarise([...otherOutcomes].flatMap(([what, n]) => Array(n).fill(what)))}`);
     for (const [what, n] of [...unexpectedSamples].slice(0, 10)) out.push(`unexpected 5xx: ${n} × ${what}`);
     for (const sample of mismatchSamples) out.push(`mismatch: ${sample}`);
@@ -894,6 +899,7 @@ async function main(): Promise<number> {
       cross_scope_replays: crossScope,
       unexpected_5xx: unexpected5xx,
       outage_503: outage503,
+      open_transactions_after: open.length,
     };
     const shown = Object.entries(counters).map(([name, value]) => `${name}=${value}`);
     console.log(`chaos: requests=${httpRequests} keys=${keys.length} ${shown.join(' ')}`);
@@ -930,6 +936,26 @@ function agrees(answer: Answer, record: StoredRecord | undefined, ran: Effect | 
 /** The only record allowed without an answer: a leased handler that outlived the timeout interceptor's 408. */
 function completedWithoutAnswer(key: KeyPlan, record: StoredRecord): boolean {
   return key.mode === 'leased' && key.route === 'timed' && record.status === 408 && record.body === null;
+}
+
+/**
+ * Sessions of the run's database idle inside a transaction, once those still ending have had
+ * OPEN_TRANSACTIONS_GRACE_MS to go.
+ */
+async function openTransactions(client: pg.Client): Promise<string[]> {
+  const deadline = Date.now() + OPEN_TRANSACTIONS_GRACE_MS;
+  for (;;) {
+    const { rows } = await client.query(
+      `SELECT pid, state, round(extract(epoch FROM now() - xact_start) * 1000)::int AS open_ms,
+              left(query, 200) AS query
+         FROM pg_stat_activity
+        WHERE datname = current_database() AND state IN ('idle in transaction', 'idle in transaction (aborted)')`,
+    );
+    if (rows.length === 0 || Date.now() >= deadline) {
+      return rows.map((row) => `pid ${row.pid} ${row.state} for ${row.open_ms} ms, last statement: ${row.query}`);
+    }
+    await sleep(200);
+  }
 }
 
 function parseAnswer(body: Buffer): Partial<EffectAnswer> | undefined {
