@@ -204,7 +204,7 @@ async function main(): Promise<void> {
   for (const name of ['claimed', 'store_error', 'lease_lost', 'released'] as const) {
     diagnostics_channel.subscribe(IDEMPOTENCY_CHANNELS[name], (message) => {
       const event = message as IdempotencyEvent;
-      process.stdout.write(`EVENT ${event.name} ${event.keyHash ?? '-'} ${event.status ?? '-'}\n`);
+      process.stdout.write(`EVENT ${event.name} ${event.keyHash ?? '-'} ${event.status ?? '-'} ${Date.now()}\n`);
     });
   }
 

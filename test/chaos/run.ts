@@ -29,7 +29,7 @@
 //   open_transactions_after sessions idle in a transaction once everything is done
 //
 // Settings (env): CHAOS_SEED, CHAOS_SENDS (3000), CHAOS_LOAD_MS (45000), CHAOS_LOGS=1 (app logs on
-// stderr), CHAOS_KEEP_LOGS=1 (keep the per-instance logs folder),
+// stderr), CHAOS_KEEP_LOGS=1 (keep the per-instance logs folder, kept anyway when the run fails),
 // CHAOS_SABOTAGE=shared-scope|raw-token|double-effect|idle-transaction (break the app on purpose: the
 // run must then fail; see chaos-app.ts).
 import { type ChildProcess } from 'node:child_process';
@@ -214,7 +214,7 @@ interface Instance {
 const compiledApp = path.join(__dirname, 'chaos-app.js');
 let logDir = '';
 const logs: WriteStream[] = [];
-const events: { name: string; hash: string; status: string; instance: string }[] = [];
+const events: { name: string; hash: string; status: string; instance: string; at: number }[] = [];
 const crashes: string[] = [];
 
 function label(instance: Instance): string {
@@ -255,8 +255,10 @@ async function startInstance(instance: Instance, databaseUrl: string): Promise<v
     const lines = (pending + chunk.toString()).split('\n');
     pending = lines.pop() ?? '';
     for (const line of lines) {
-      const match = /^EVENT (\S+) (\S+) (\S+)$/.exec(line);
-      if (match) events.push({ name: match[1], hash: match[2], status: match[3], instance: name });
+      const match = /^EVENT (\S+) (\S+) (\S+) (\d+)$/.exec(line);
+      if (!match) continue;
+      const [, event, hash, status, at] = match;
+      events.push({ name: event, hash, status, at: Number(at), instance: name });
     }
   });
   child.process.stderr!.on('data', (chunk: Buffer) => {
@@ -285,6 +287,8 @@ async function killInstance(instance: Instance): Promise<void> {
 interface Answer {
   key: KeyPlan;
   requestId: string;
+  sentAt: number;
+  doneAt: number;
   status: number;
   body: Buffer;
   replayed: boolean;
@@ -473,7 +477,8 @@ function judge({ send, name, instance, requestId }: Outgoing, result: AttemptRes
       foreignRequestIds.samples.push(`${what} on ${name}: x-request-id ${got}, sent ${requestId}`);
     }
   }
-  const answer: Answer = { key, requestId, status, body, replayed, instance: name, phase: send.phase };
+  const { sentAt, doneAt } = result;
+  const answer: Answer = { key, requestId, sentAt, doneAt, status, body, replayed, instance: name, phase: send.phase };
   if (status >= 200 && status < 300) {
     count(name, replayed ? '201 replay' : '201');
     answers.push(answer);
@@ -570,16 +575,18 @@ async function main(): Promise<number> {
     inFlight: new Set(),
     killedByUs: false,
   }));
-  const stopEverything = async () => {
+  const stopEverything = async (keepLogs: boolean) => {
     for (const instance of instances) await killInstance(instance).catch(() => undefined);
     await client?.end().catch(() => undefined);
     await database?.stop().catch(() => undefined);
     await rm(dataDir, { recursive: true, force: true });
     for (const log of logs) log.end();
-    if (process.env.CHAOS_KEEP_LOGS === '1') console.error(`chaos: instance logs kept in ${logDir}`);
+    if (keepLogs) console.error(`chaos: instance logs kept in ${logDir}`);
     else await rm(logDir, { recursive: true, force: true });
   };
-  process.once('SIGINT', () => void stopEverything().finally(() => process.exit(130)));
+  const keepLogs = process.env.CHAOS_KEEP_LOGS === '1';
+  process.once('SIGINT', () => void stopEverything(keepLogs).finally(() => process.exit(130)));
+  let passed = false;
 
   try {
     console.error(`chaos: seed=${SEED} sends=${SENDS} load=${LOAD_MS} ms lease=${LEASE_MS} ms`);
@@ -730,12 +737,19 @@ async function main(): Promise<number> {
     let answerlessKeys = 0;
     let effectCount = { tx: 0, leased: 0 };
     const duplicateSamples: string[] = [];
+    // What the apps reported of a key, for the samples of what went wrong with it.
+    const trail = (key: KeyPlan) => {
+      const shown = events
+        .filter((event) => event.hash === key.hash)
+        .map((e) => `${e.name}${e.status === '-' ? '' : ` ${e.status}`} on ${e.instance} at +${e.at - start}`);
+      return `key hash ${key.hash}, events: ${shown.join(', ') || 'none'}`;
+    };
     const sampleDuplicates = (key: KeyPlan, record: StoredRecord, rows: Effect[], allowed: number) => {
       if (rows.length <= allowed || duplicateSamples.length >= 5) return;
       const executions = rows.map((row) => `${row.instance} ${row.requestId}${row.done ? '' : ' (not done)'}`);
       const what = `${key.mode} key ${key.value} on /${key.route}: record ${record.status}`;
       const effectsSeen = `${rows.length} effects (${allowed} allowed): ${executions.join(', ')}`;
-      duplicateSamples.push(`${what}, ${effectsSeen}`);
+      duplicateSamples.push(`${what}, ${effectsSeen}; ${trail(key)}`);
     };
     for (const key of keys) {
       const id = `${key.scope}|${key.value}`;
@@ -787,6 +801,7 @@ async function main(): Promise<number> {
     let crossScope = 0;
     const answerCounts = { timeouts: { tx: 0, leased: 0 }, notStored: 0 };
     const mismatchSamples: string[] = [];
+    const sampled = new Set<KeyPlan>();
     for (const answer of answers) {
       const parsed = parseAnswer(answer.body);
       if (parsed && 'scope' in parsed && parsed.scope !== answer.key.scope) crossScope++;
@@ -806,13 +821,16 @@ async function main(): Promise<number> {
         }
       }
       mismatched++;
-      if (mismatchSamples.length < 5) {
+      if (mismatchSamples.length < 5 && !sampled.has(answer.key)) {
         const { key, replayed, requestId, status, body } = answer;
+        sampled.add(key);
         const how = replayed ? ' (replayed)' : ` as ${requestId}`;
         mismatchSamples.push(
-          `${key.mode} key ${key.value} on /${key.route} via ${answer.instance}${how}: ` +
+          `${key.mode} key ${key.value} on /${key.route} via ${answer.instance}${how} ` +
+            `at +${answer.sentAt - start}..+${answer.doneAt - start}: ` +
             `got ${status} ${body.toString().slice(0, 160)}; ` +
-            `stored ${record?.status ?? 'nothing'} ${record?.body?.toString().slice(0, 160) ?? '(no answer)'}`,
+            `stored ${record?.status ?? 'nothing'} ${record?.body?.toString().slice(0, 160) ?? '(no answer)'}; ` +
+            trail(key),
         );
       }
     }
@@ -912,9 +930,10 @@ async function main(): Promise<number> {
       );
       return 1;
     }
+    passed = !failed;
     return failed ? 1 : 0;
   } finally {
-    await stopEverything();
+    await stopEverything(keepLogs || !passed);
   }
 }
 
