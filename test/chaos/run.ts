@@ -786,9 +786,9 @@ async function main(): Promise<number> {
           explainedReexecutions += Math.min(rows.length, allowed) - 1;
           reasons.killed += Math.min(killed, rows.length - 1);
           reasons.failed += failed;
-          reasons.storeFailed += orphaned.storeFailed;
-          reasons.leaseLost += orphaned.leaseLost;
-          reasons.released += orphaned.released;
+          reasons.storeFailed += storeFailed;
+          reasons.leaseLost += leaseLost;
+          reasons.released += released;
         }
         // Without an answer on record, the one execution it stands for cannot be named.
         if (!stored) answerlessKeys++;
