@@ -1,4 +1,4 @@
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { type Agent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 
 /** One HTTP attempt as the load generator saw it. */
 export type AttemptResult =
@@ -14,9 +14,11 @@ export interface AttemptRequest {
   abortAfterMs?: number;
   /** Give up (and destroy the socket) after this long. */
   timeoutMs?: number;
+  /** Send on this agent's connections (keep-alive) instead of a fresh one. */
+  agent?: Agent;
 }
 
-/** Sends one POST on a fresh connection and reports what came back, or how it failed; never throws. */
+/** Sends one POST and reports what came back, or how it failed; never throws. */
 export function attempt(req: AttemptRequest): Promise<AttemptResult> {
   const sentAt = Date.now();
   return new Promise((resolve) => {
@@ -37,7 +39,7 @@ export function attempt(req: AttemptRequest): Promise<AttemptResult> {
         hostname: url.hostname,
         port: url.port,
         path: url.pathname,
-        agent: false,
+        agent: req.agent ?? false,
         headers: { ...req.headers, 'content-type': 'application/json', 'content-length': String(body.length) },
       },
       (incoming) => {

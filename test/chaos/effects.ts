@@ -1,6 +1,10 @@
 // What the chaos app and whoever drives it share: the business table and the request body.
+import { QueryRunnerProviderAlreadyReleasedError } from 'typeorm';
 
-/** The business table of the chaos app: one row per handler execution. */
+/**
+ * The business table of the chaos app: one row per handler execution, with the x-request-id of the
+ * attempt that ran it, and `done_at` set when it ends.
+ */
 export const EFFECTS_SCHEMA = `
   CREATE TABLE IF NOT EXISTS effects (
     id bigserial PRIMARY KEY,
@@ -10,15 +14,21 @@ export const EFFECTS_SCHEMA = `
     execution uuid NOT NULL,
     epoch text NOT NULL,
     instance text NOT NULL,
+    request_id text,
+    done_at timestamptz,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
   )`;
 
-/** Body of POST /effects/tx and /effects/leased. */
+/**
+ * Milliseconds the handler waits between writing its effect and marking it done. A header, not part
+ * of the body: how long one execution takes is no part of the request's identity (its fingerprint).
+ */
+export const DELAY_HEADER = 'x-chaos-delay-ms';
+
+/** Body of POST /<route>/tx and /<route>/leased. */
 export interface EffectRequest {
   /** Which logical item this is; echoed. */
   item: number;
-  /** Milliseconds the handler takes after writing its effect. */
-  delayMs?: number;
   /** Answer 422 (stored like any 4xx) after writing the effect. */
   reject?: boolean;
 }
@@ -41,6 +51,9 @@ export interface EffectAnswer {
  * else stays a 500.
  */
 export function isConnectivityError(error: unknown): boolean {
+  // TypeORM releases a query runner whose connection failed: a transaction's next statement then
+  // meets this instead of the connection error.
+  if (error instanceof QueryRunnerProviderAlreadyReleasedError) return true;
   const candidate = error as { code?: unknown; driverError?: { code?: unknown; message?: unknown }; message?: unknown } | null;
   const code = String(candidate?.driverError?.code ?? candidate?.code ?? '');
   if (/^(08|57P)/.test(code) || ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT'].includes(code)) return true;

@@ -30,13 +30,7 @@ export interface RawRequest {
 export function rawRequest(baseUrl: string, req: RawRequest): Promise<RawResponse> {
   const url = new URL(baseUrl);
   const body = req.body ?? Buffer.alloc(0);
-  const lines: Buffer[] = [Buffer.from(`${req.method ?? 'POST'} ${req.path} HTTP/1.1\r\nHost: ${url.host}\r\nConnection: close\r\n`, 'latin1')];
-  for (const [name, value] of req.headers) {
-    lines.push(Buffer.concat([Buffer.from(`${name}: `, 'latin1'), Buffer.isBuffer(value) ? value : Buffer.from(value, 'latin1'), Buffer.from('\r\n')]));
-  }
-  if (req.contentLength ?? true) lines.push(Buffer.from(`Content-Length: ${body.length}\r\n`));
-  lines.push(Buffer.from('\r\n'));
-  const head = Buffer.concat(lines);
+  const head = requestHead(url, req, 'close');
 
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
@@ -68,6 +62,66 @@ export function rawRequest(baseUrl: string, req: RawRequest): Promise<RawRespons
       }
     });
   });
+}
+
+/**
+ * Sends `requests` back to back on one keep-alive connection (HTTP/1.1 pipelining; the last one asks
+ * to close it) and reads their answers in order until the connection closes. `abortAfterMs` destroys
+ * the connection that long after sending. An answer that did not come in full is undefined.
+ */
+export function pipelined(
+  baseUrl: string,
+  requests: RawRequest[],
+  abortAfterMs?: number,
+): Promise<(RawResponse | undefined)[]> {
+  const url = new URL(baseUrl);
+  const bytes = requests.flatMap((req, i) => {
+    const connection = i === requests.length - 1 ? 'close' : 'keep-alive';
+    return [requestHead(url, req, connection), req.body ?? Buffer.alloc(0)];
+  });
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect(Number(url.port), url.hostname);
+    socket.setTimeout(15_000, () => socket.destroy());
+    const abort = abortAfterMs === undefined ? undefined : setTimeout(() => socket.destroy(), abortAfterMs);
+    socket.on('connect', () => socket.write(Buffer.concat(bytes)));
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(abort);
+      const responses = splitResponses(Buffer.concat(chunks));
+      resolve(requests.map((_, i) => responses[i]));
+    });
+  });
+}
+
+/** The request line and headers of `req` (its bytes as given), with `Connection: <connection>`. */
+function requestHead(url: URL, req: RawRequest, connection: 'close' | 'keep-alive'): Buffer {
+  const body = req.body ?? Buffer.alloc(0);
+  const start = `${req.method ?? 'POST'} ${req.path} HTTP/1.1\r\nHost: ${url.host}\r\nConnection: ${connection}\r\n`;
+  const lines: Buffer[] = [Buffer.from(start, 'latin1')];
+  for (const [name, value] of req.headers) {
+    const bytes = Buffer.isBuffer(value) ? value : Buffer.from(value, 'latin1');
+    lines.push(Buffer.concat([Buffer.from(`${name}: `, 'latin1'), bytes, Buffer.from('\r\n')]));
+  }
+  if (req.contentLength ?? true) lines.push(Buffer.from(`Content-Length: ${body.length}\r\n`));
+  lines.push(Buffer.from('\r\n'));
+  return Buffer.concat(lines);
+}
+
+/** The complete answers at the start of a pipeline's bytes, in order; reading stops at one that broke off. */
+function splitResponses(bytes: Buffer): RawResponse[] {
+  const responses: RawResponse[] = [];
+  for (let offset = 0; ; ) {
+    const end = bytes.indexOf('\r\n\r\n', offset);
+    if (end < 0) return responses;
+    // Every answer of the chaos app says how long it is.
+    const length = /\r\ncontent-length:\s*(\d+)/i.exec(bytes.subarray(offset, end).toString('latin1'))?.[1];
+    const next = end + 4 + Number(length);
+    if (length === undefined || next > bytes.length) return responses;
+    responses.push(parseResponse(bytes.subarray(offset, next), undefined));
+    offset = next;
+  }
 }
 
 function parseResponse(bytes: Buffer, error: string | undefined): RawResponse {
