@@ -2,7 +2,7 @@ import { Inject, Injectable, Logger, type CallHandler, type ExecutionContext, ty
 import { RESPONSE_PASSTHROUGH_METADATA, ROUTE_ARGS_METADATA } from '@nestjs/common/constants';
 import { RouteParamtypes } from '@nestjs/common/internal';
 import { Reflector } from '@nestjs/core';
-import { type Observable, of } from 'rxjs';
+import { EMPTY, type Observable, of } from 'rxjs';
 import { toHttpExchange, type HttpExchange } from './capture/http-exchange';
 import { replayResponse } from './capture/response-capture';
 import { RecordSealer, UnreadableRecordError, isSealed, type RecordCipher } from './encryption/record-sealer';
@@ -102,6 +102,11 @@ export class IdempotencyInterceptor implements NestInterceptor {
       let outcome = await attempt();
       if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(record, outcome, exchange, attempt);
       if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
+      if (answeredMeanwhile(exchange)) {
+        await this.store.release(outcome.owner).catch(() => undefined);
+        publishEvent('released', trace);
+        return EMPTY;
+      }
       this.claimed(outcome.expiresAt, trace, exchange);
       return this.leasedRun.run(run, outcome.owner, next);
     }
@@ -109,13 +114,20 @@ export class IdempotencyInterceptor implements NestInterceptor {
     const isolation = route.isolation ?? this.options.isolation;
     if (!claim) {
       const transaction = await this.begin(isolation, trace, exchange);
-      return this.transactionalRun.run(run, request, transaction, undefined, next);
+      if (!answeredMeanwhile(exchange)) return this.transactionalRun.run(run, request, transaction, undefined, next);
+      await transaction.rollback();
+      return EMPTY;
     }
     const attempt = () => this.claimInTransaction(claim.record, isolation, trace, exchange);
     let outcome = await attempt();
     // A duplicate waits with its transaction rolled back: it holds no connection meanwhile.
     if (outcome.kind === 'in_flight') outcome = await this.inFlightWait.wait(claim.record, outcome, exchange, attempt);
     if (outcome.kind !== 'claimed') return this.answerFromRecord(outcome, claim, trace, exchange, answersItself);
+    if (answeredMeanwhile(exchange)) {
+      await outcome.transaction.rollback();
+      publishEvent('released', trace);
+      return EMPTY;
+    }
     this.claimed(outcome.expiresAt, trace, exchange);
     return this.transactionalRun.run(run, request, outcome.transaction, outcome.owner, next);
   }
@@ -257,6 +269,14 @@ export class IdempotencyInterceptor implements NestInterceptor {
     }
     return route;
   }
+}
+
+/**
+ * The response went out while the key was being claimed: an outer interceptor (a timeout) answered
+ * in the handler's place and no longer listens. The handler must not run, and the claim is undone.
+ */
+function answeredMeanwhile(exchange: HttpExchange): boolean {
+  return exchange.response.headersSent || exchange.response.writableEnded;
 }
 
 /** Whether Nest leaves the answer to the handler: it takes the response (`@Res()`) or `next` (`@Next()`), without passthrough. */

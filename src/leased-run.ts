@@ -5,7 +5,7 @@ import type { ResolvedIdempotencyOptions } from './idempotency-options.interface
 import { RESOLVED_IDEMPOTENCY_OPTIONS } from './idempotency-options';
 import { publishEvent } from './idempotency-events';
 import { errorMessage } from './log-format';
-import { RequestLifecycle, type HandlerEnd } from './request-lifecycle';
+import { RequestLifecycle } from './request-lifecycle';
 import type { RunContext } from './run-context';
 import { IdempotencyStore, type RecordOwner, type StoredResponse } from './store/idempotency.store';
 import { toStoredResponse } from './stored-response';
@@ -50,11 +50,16 @@ export class LeasedRun {
       if (decided || answeredEarly || lifecycle.handlerRunning || !lifecycle.connectionClosed) return;
       if (lifecycle.handlerEnd === 'torn_down' || progress.bodyStarted) void decide(undefined);
     };
+    // The handler ended after the pipeline answered in its place: the record is completed without
+    // a replayable answer, unless the handler failed with a 5xx or was torn down (then released).
+    const decideLate = (status: number) => {
+      const done = lifecycle.handlerEnd === 'answered' || (lifecycle.handlerEnd === 'failed' && lifecycle.failedBelow500);
+      return decide(done ? { status, headers: {}, body: null } : undefined, status);
+    };
     const lifecycle = new RequestLifecycle(exchange, {
-      handlerEnded: (end: HandlerEnd) => {
+      handlerEnded: () => {
         if (!answeredEarly) return abandonIfNoAnswer();
-        const { status } = answeredEarly;
-        if (!decided) void decide(end === 'answered' ? { status, headers: {}, body: null } : undefined, status);
+        if (!decided) void decideLate(answeredEarly.status);
       },
       connectionClosed: abandonIfNoAnswer,
     });
@@ -78,11 +83,13 @@ export class LeasedRun {
 
     const progress = captureResponse(exchange.response, this.options.maxResponseBytes, async (captured) => {
       if (decided) return;
+      // The pipeline stopped listening to the handler (a timeout): this answer is not the handler's.
+      if (lifecycle.pipelineLetGo) {
+        if (lifecycle.handlerRunning) answeredEarly = captured;
+        else await decideLate(captured.status);
+        return;
+      }
       if (lifecycle.handlerRunning) {
-        if (lifecycle.pipelineLetGo) {
-          answeredEarly = captured;
-          return;
-        }
         // The handler writes its answer itself (`@Res()`): it is stored once the handler has ended.
         await lifecycle.handlerDone;
         if (decided) return;

@@ -28,6 +28,7 @@ export class RequestLifecycle {
   private end: HandlerEnd | undefined;
   private handler: Subscription | undefined;
   private letGo = false;
+  private failure: unknown;
   private readonly socket: Socket | undefined;
   private resolveEnded!: (end: HandlerEnd) => void;
   /** Settles when the handler has ended. */
@@ -59,6 +60,12 @@ export class RequestLifecycle {
     return this.end;
   }
 
+  /** The handler failed with an HTTP error below 500 (which an exception filter renders as a 4xx). */
+  get failedBelow500(): boolean {
+    const status = (this.failure as { getStatus?: () => unknown } | undefined)?.getStatus?.();
+    return typeof status === 'number' && status < 500;
+  }
+
   /** The pipeline stopped listening while the handler still ran: what it answers is not the handler's. */
   get pipelineLetGo(): boolean {
     return this.letGo;
@@ -76,6 +83,7 @@ export class RequestLifecycle {
       this.handler ??= next.handle().subscribe({
         next: (value) => answer.next(value),
         error: (error: unknown) => {
+          this.failure = error;
           this.ended('failed');
           answer.error(error);
         },

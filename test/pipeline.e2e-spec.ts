@@ -82,11 +82,9 @@ describe.each(PLATFORMS)('Idempotent routes inside the whole pipeline (%s)', (pl
     expect(await leaseLapsed(key)).toBe(true);
   });
 
-  it('frees the key of a client that left while its key was being claimed, once Nest tore its Observable handler down', async () => {
-    const key = randomUUID();
-    const gate = `claim-${key}`;
-    // An uncommitted record of the same key holds the app's claim until it rolls back.
-    const blocker = await app.dataSource.createQueryRunner();
+  /** Holds the app's claim of `key` behind an uncommitted record of it until `release()`. */
+  const holdClaim = async (key: string) => {
+    const blocker = app.dataSource.createQueryRunner();
     await blocker.connect();
     await blocker.startTransaction();
     await blocker.query(
@@ -94,24 +92,61 @@ describe.each(PLATFORMS)('Idempotent routes inside the whole pipeline (%s)', (pl
        VALUES ($1, $2, 'blocker', 1, now(), now() + interval '1 hour', now())`,
       [scopeOf(token), key],
     );
-    const claimWaits = async () =>
-      Number(
-        (
-          await app.dataSource.query(
-            `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-          )
-        )[0].n,
-      ) === 1;
+    return {
+      claimWaits: async () =>
+        Number(
+          (
+            await app.dataSource.query(
+              `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+            )
+          )[0].n,
+        ) === 1,
+      release: async () => {
+        await blocker.rollbackTransaction();
+        await blocker.release();
+      },
+    };
+  };
+
+  it('frees the key of a client that left while its key was being claimed, once Nest tore its Observable handler down', async () => {
+    const key = randomUUID();
+    const gate = `claim-${key}`;
+    const held = await holdClaim(key);
     try {
-      await hangUp(server, { path: `/torn/leased/${gate}`, headers: authed(token, key), leaveWhen: claimWaits });
+      await hangUp(server, { path: `/torn/leased/${gate}`, headers: authed(token, key), leaveWhen: held.claimWaits });
     } finally {
-      await blocker.rollbackTransaction();
-      await blocker.release();
+      await held.release();
     }
     // Released at once: sooner than its 2 s lease could lapse by itself.
     await waitFor(() => leaseLapsed(key), 1500);
     expect(app.probe.count(`torn-leased:${gate}`)).toBe(1);
   });
+
+  it.each(['leased', 'transactional'])(
+    'ends a %s claim that succeeds after a timeout interceptor already answered: the handler never runs, nothing stays open',
+    async (mode) => {
+      const key = randomUUID();
+      const gate = `late-claim-${key}`;
+      const path = mode === 'leased' ? `/timed/${gate}` : `/timed/ledger/${gate}`;
+      const held = await holdClaim(key);
+      let answer;
+      try {
+        const pending = post(path, key, { note: key });
+        await waitFor(held.claimWaits);
+        answer = await pending;
+      } finally {
+        await held.release();
+      }
+      expect(answer.status).toBe(408);
+      // The claim goes through once the blocker is gone; then it must be undone at once.
+      await waitFor(async () => (await record(key)) === undefined || (await leaseLapsed(key)), 1500);
+      await waitFor(async () => (await idleInTransaction()) === 0, 1500);
+      app.probe.gate(gate).open();
+      const retry = await post(path, key, { note: key });
+      expect(retry.status).toBe(201);
+      expect(app.probe.count(`${mode === 'leased' ? 'timed' : 'timed-ledger'}:${gate}`)).toBe(1);
+    },
+  );
 
   it('commits the transaction of a client that left while an outer interceptor still held the answer', async () => {
     const key = randomUUID();
@@ -206,7 +241,9 @@ describe('Idempotent routes behind an async Fastify onSend hook', () => {
         return payload;
       });
     };
-    app = await bootFixture(database.url, { controllers: [ThingsController], platform: 'fastify', configure: holdOnSend });
+    const controllers = [ThingsController, TimedController];
+    app = await bootFixture(database.url, { controllers, platform: 'fastify', configure: holdOnSend });
+    await app.dataSource.query(LEDGER_SCHEMA);
   });
   afterAll(async () => {
     await app?.close();
@@ -229,4 +266,33 @@ describe('Idempotent routes behind an async Fastify onSend hook', () => {
     expect(retry.headers['idempotency-replayed']).toBe('true');
     expect(retry.json.created).toBe(1);
   });
+
+  it.each(['leased', 'transactional'])(
+    'never takes for the %s handler\'s answer a timeout\'s 408 the hook held until after the handler ended',
+    async (mode) => {
+      const key = randomUUID();
+      const gate = `late-408-${key}`;
+      const note = randomUUID();
+      const path = mode === 'leased' ? `/timed/${gate}` : `/timed/ledger/${gate}`;
+      const headers = authed(token, key, [['x-hold', `hook-${gate}`]]);
+      const first = send(app.url, { path, headers, body: { note } });
+      // The timeout answers in the handler's place; the hook holds that answer while the handler ends.
+      await sleep(TIMEOUT_MS + 200);
+      app.probe.gate(gate).open();
+      await sleep(200);
+      app.probe.gate(`hook-${gate}`).open();
+      expect((await first).status).toBe(408);
+      const retry = await send(app.url, { path, headers: authed(token, key), body: { note } });
+      expect(retry.headers['idempotency-replayed']).toBeUndefined();
+      const ledger = await app.dataSource.query('SELECT count(*)::int AS n FROM ledger WHERE note = $1', [note]);
+      if (mode === 'leased') {
+        expect(retry.status).toBe(409);
+        expect(retry.json.error.code).toBe('idempotency_response_not_stored');
+      } else {
+        // None of the first run's writes committed: the retry ran and wrote its own two.
+        expect(retry.status).toBe(201);
+        expect(ledger[0].n).toBe(2);
+      }
+    },
+  );
 });

@@ -89,7 +89,7 @@ export class TransactionalRun {
       const { status } = captured;
       const handlerThrew = lifecycle.handlerEnd === 'failed';
       // The handler did not produce this answer (the pipeline answered while it ran, or it never started): commit none of it.
-      const answeredForHandler = lifecycle.handlerRunning || !lifecycle.handlerStarted;
+      const answeredForHandler = lifecycle.pipelineLetGo || !lifecycle.handlerStarted;
       if (answeredForHandler) return rollBack(status, true);
       if (status >= 500 || conflict || (handlerThrew && !owner)) return rollBack(status);
       try {
