@@ -30,7 +30,6 @@ import {
   type NestInterceptor,
   Post,
   Req,
-  RequestTimeoutException,
   ServiceUnavailableException,
   type Type,
   UseInterceptors,
@@ -44,9 +43,10 @@ import diagnostics_channel from 'node:diagnostics_channel';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { type Observable, TimeoutError, catchError, mergeMap, throwError, timeout } from 'rxjs';
+import { type Observable, mergeMap } from 'rxjs';
 import { DataSource, type EntityManager } from 'typeorm';
 import { IDEMPOTENCY_CHANNELS, Idempotent, IdempotencyModule, IdempotencyTransaction, bearerTokenScope, type IdempotencyEvent, type IdempotencyModuleOptions } from '../../src';
+import { timeoutInterceptor } from '../support/timeout-interceptor';
 import { DELAY_HEADER, isConnectivityError, type EffectRequest } from './effects';
 
 const INSTANCE = process.env.CHAOS_INSTANCE ?? 'solo';
@@ -68,19 +68,6 @@ class HoldInterceptor implements NestInterceptor {
         await sleep(randomInt(5, 51));
         return value;
       }),
-    );
-  }
-}
-
-/** The timeout interceptor of Nest's documentation: a 408 in the handler's place once the time is up. */
-@Injectable()
-class TimeoutInterceptor implements NestInterceptor {
-  intercept(_context: ExecutionContext, next: CallHandler): Observable<unknown> {
-    return next.handle().pipe(
-      timeout(TIMEOUT_MS),
-      catchError((error: unknown) =>
-        throwError(() => (error instanceof TimeoutError ? new RequestTimeoutException() : error)),
-      ),
     );
   }
 }
@@ -194,7 +181,7 @@ async function main(): Promise<void> {
     controllers: [
       effectsController('effects'),
       effectsController('held', HoldInterceptor),
-      effectsController('timed', TimeoutInterceptor),
+      effectsController('timed', timeoutInterceptor(TIMEOUT_MS)),
     ],
   })
   class ChaosModule {}

@@ -7,15 +7,15 @@ import {
   type NestInterceptor,
   Param,
   Post,
-  RequestTimeoutException,
   StreamableFile,
   UseInterceptors,
 } from '@nestjs/common';
 import { Readable } from 'node:stream';
-import { type Observable, TimeoutError, catchError, from, map, mergeMap, switchMap, throwError, timeout } from 'rxjs';
+import { type Observable, from, map, mergeMap, switchMap } from 'rxjs';
 import type { EntityManager } from 'typeorm';
 import { Idempotent, IdempotencyTransaction } from '../../src';
 import { Probe } from './fixture-app';
+import { timeoutInterceptor } from './timeout-interceptor';
 
 /** How long the timeout interceptor lets a handler run before it answers 408 in its place. */
 export const TIMEOUT_MS = 300;
@@ -34,17 +34,6 @@ class HoldAfterHandlerInterceptor implements NestInterceptor {
         await this.probe.gate(`after:${gate}`).promise;
         return value;
       }),
-    );
-  }
-}
-
-/** The timeout interceptor of Nest's documentation: a 408 in the handler's place once the time is up. */
-@Injectable()
-class TimeoutInterceptor implements NestInterceptor {
-  intercept(_context: ExecutionContext, next: CallHandler): Observable<unknown> {
-    return next.handle().pipe(
-      timeout(TIMEOUT_MS),
-      catchError((error: unknown) => throwError(() => (error instanceof TimeoutError ? new RequestTimeoutException() : error))),
     );
   }
 }
@@ -71,7 +60,7 @@ export class HeldController {
 
 /** Routes behind Nest's documented timeout interceptor whose handlers outlive it. */
 @Controller('timed')
-@UseInterceptors(TimeoutInterceptor)
+@UseInterceptors(timeoutInterceptor(TIMEOUT_MS))
 export class TimedController {
   constructor(private readonly probe: Probe) {}
 
