@@ -23,6 +23,9 @@ describe('resolveOptions', () => {
       docsUrl: defaultDocsUrl,
       isolation: 'READ COMMITTED',
       purgeBatchSize: 1000,
+      preparedStatements: true,
+      storeTimeout: 5000,
+      batchStatements: true,
     });
   });
 
