@@ -18,16 +18,20 @@ export class ServerProcess {
     withModule: boolean;
     /** The module with `encryption` (BENCH_RECORD_KEY). */
     encrypted?: boolean;
+    /** The module behind a transaction pooler: `preparedStatements: false`. */
+    pooled?: boolean;
     databaseUrl: string;
     maxResponseBytes?: number;
   }): Promise<ServerProcess> {
-    const label = `${options.platform}/${options.withModule ? `module${options.encrypted ? '+encryption' : ''}` : 'no-module'}`;
+    const variant = `${options.encrypted ? '+encryption' : ''}${options.pooled ? '+pgbouncer' : ''}`;
+    const label = `${options.platform}/${options.withModule ? `module${variant}` : 'no-module'}`;
     const child = fork(path.join(__dirname, 'server.js'), [], {
       env: {
         ...process.env,
         BENCH_PLATFORM: options.platform,
         BENCH_MODULE: options.withModule ? '1' : '0',
         BENCH_ENCRYPTION: options.encrypted ? '1' : '0',
+        BENCH_POOLED: options.pooled ? '1' : '0',
         DATABASE_URL: options.databaseUrl,
         BENCH_MAX_RESPONSE_BYTES: String(options.maxResponseBytes ?? 1024 * 1024),
         NODE_ENV: 'production',

@@ -2,14 +2,16 @@
  * `npm run bench`: the module against the bare handler and a hand-written SQL baseline, on
  * Express and Fastify, in one run. See bench/README.md.
  */
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { startPgBouncer, type PgBouncer } from '../test/support/pgbouncer';
 import { NAIVE_TABLE, ROUTES, SEEDED_KEY_PREFIX, SEEDED_RECORDS, SEEDED_SIZED_PREFIX, SEEDED_SIZED_RECORDS, SIZED_RESPONSE_BYTES, type Platform } from './common';
 import { createSchema, seedCompletedRecords, seedSizedRecords, startBenchDatabase, type BenchDatabase } from './database';
 import { combineLoads, runLoad, type LoadResult } from './load';
 import { ServerProcess, formatMb, machineBusyMs, ownCpuMs, postgresCpuMs } from './processes';
 
-/** The app without the module, the app with it, and the app with it and `encryption`. */
-type AppKind = 'plain' | 'module' | 'sealed';
+/** The app without the module, the app with it, with it and `encryption`, and with it through PgBouncer. */
+type AppKind = 'plain' | 'module' | 'sealed' | 'pooled';
 type ScenarioName =
   | 'bare'
   | 'untouched'
@@ -21,7 +23,9 @@ type ScenarioName =
   | 'first-sized'
   | 'first-sealed'
   | 'replay-sized'
-  | 'replay-sealed';
+  | 'replay-sealed'
+  | 'first-pgbouncer'
+  | 'replay-pgbouncer';
 
 /** Keys of records seeded before the run: `<prefix>1` … `<prefix><count>`. */
 interface SeededKeys {
@@ -52,6 +56,9 @@ const SCENARIOS: Record<ScenarioName, Scenario> = {
   'first-sealed': { name: 'first-sealed', app: 'sealed', path: ROUTES.sized, keys: 'fresh', handler: 'sized' },
   'replay-sized': { name: 'replay-sized', app: 'module', path: ROUTES.sized, keys: { prefix: SEEDED_SIZED_PREFIX.clear, count: SEEDED_SIZED_RECORDS }, handler: 'sized' },
   'replay-sealed': { name: 'replay-sealed', app: 'sealed', path: ROUTES.sized, keys: { prefix: SEEDED_SIZED_PREFIX.sealed, count: SEEDED_SIZED_RECORDS }, handler: 'sized' },
+  // The module through PgBouncer (transaction pooling) against the module straight to PostgreSQL.
+  'first-pgbouncer': { name: 'first-pgbouncer', app: 'pooled', path: ROUTES.idempotent, keys: 'fresh', handler: 'payments' },
+  'replay-pgbouncer': { name: 'replay-pgbouncer', app: 'pooled', path: ROUTES.idempotent, keys: SEEDED, handler: 'payments' },
 };
 
 /** The ratios of the last line: module scenario over its baseline. */
@@ -63,10 +70,27 @@ const ALL_RATIOS: [string, ScenarioName, ScenarioName, number][] = [
   ['replay-sealed/replay-sized', 'replay-sealed', 'replay-sized', 0.95],
   // Not a target: the module's transactional mode (one transaction, like the baseline).
   ['first-tx/naive', 'first-tx', 'naive', 0],
+  // Not targets: what a transaction pooler in front of PostgreSQL costs the module (PgBouncer column).
+  ['first-pgbouncer/first', 'first-pgbouncer', 'first', 0],
+  ['replay-pgbouncer/replay', 'replay-pgbouncer', 'replay', 0],
 ];
 // BENCH_ONLY=first,untouched measures only those module scenarios and their baselines.
 const ONLY = process.env.BENCH_ONLY?.split(',');
-const RATIOS = ALL_RATIOS.filter(([, module]) => (ONLY ? ONLY.includes(module) : module !== 'first-tx' || process.env.BENCH_EXTRA === '1'));
+// The PgBouncer column needs Debian's pgbouncer (BENCH_PGBOUNCER=0 leaves it out).
+const PGBOUNCER = process.env.BENCH_PGBOUNCER !== '0' && hasPgBouncer();
+const RATIOS = ALL_RATIOS.filter(([, module]) => {
+  if (SCENARIOS[module].app === 'pooled' && !PGBOUNCER) return false;
+  return ONLY ? ONLY.includes(module) : module !== 'first-tx' || process.env.BENCH_EXTRA === '1';
+});
+
+function hasPgBouncer(): boolean {
+  try {
+    execFileSync('pgbouncer', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 const env = (name: string, fallback: string) => process.env[name] ?? fallback;
 const DURATION = Number(env('BENCH_DURATION', '10'));
@@ -226,6 +250,8 @@ async function main(): Promise<void> {
   const cells: Cell[] = [];
   let apps: Partial<Record<AppKind, ServerProcess>> | undefined;
   const sealedApp = RATIOS.some(([, module]) => SCENARIOS[module].app === 'sealed');
+  const pooledApp = RATIOS.some(([, module]) => SCENARIOS[module].app === 'pooled');
+  let pgbouncer: PgBouncer | undefined;
   try {
     const version = (await database.query('SHOW server_version')).rows[0].server_version;
     const settings = (await database.query(`SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')`)).rows;
@@ -237,6 +263,13 @@ async function main(): Promise<void> {
     }
     await seedCompletedRecords(database, SEEDED_RECORDS);
     log(`seeded ${SEEDED_RECORDS} completed records into each table`);
+    if (pooledApp) {
+      // As many server connections as the app's pool: the column shows the pooler's own cost.
+      pgbouncer = await startPgBouncer(database.url, { poolMode: 'transaction', poolSize: 10 });
+      log('PgBouncer in transaction mode in front of it, 10 server connections');
+    } else {
+      log(PGBOUNCER ? 'no PgBouncer column (BENCH_ONLY)' : 'no PgBouncer column: pgbouncer is not installed or BENCH_PGBOUNCER=0');
+    }
 
     for (const platform of PLATFORMS) {
       for (let round = 1; round <= ROUNDS; round++) {
@@ -246,6 +279,7 @@ async function main(): Promise<void> {
           plain: await ServerProcess.start({ platform, withModule: false, databaseUrl: database.url }),
           module: await ServerProcess.start({ platform, withModule: true, databaseUrl: database.url }),
           sealed: sealedApp ? await ServerProcess.start({ platform, withModule: true, encrypted: true, databaseUrl: database.url }) : undefined,
+          pooled: pgbouncer ? await ServerProcess.start({ platform, withModule: true, pooled: true, databaseUrl: pgbouncer.via(database.url) }) : undefined,
         };
         // Round 1 covers every connection count; later rounds repeat the cells of the ratios.
         const connectionCounts = round === 1 ? CONNECTIONS : [RATIO_CONNECTIONS];
@@ -265,6 +299,7 @@ async function main(): Promise<void> {
     }
   } finally {
     if (apps) await Promise.all(Object.values(apps).map((running) => running?.stop()));
+    await pgbouncer?.close();
     await database.stop();
   }
 

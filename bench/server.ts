@@ -271,12 +271,20 @@ class RawNaiveController {
 
 @Module({})
 class BenchAppModule {
-  static register(databaseUrl: string, withModule: boolean, maxResponseBytes: number, encrypted: boolean): DynamicModule {
+  static register(databaseUrl: string, withModule: boolean, maxResponseBytes: number, encrypted: boolean, pooled: boolean): DynamicModule {
     return {
       module: BenchAppModule,
       imports: [
         TypeOrmModule.forRoot({ type: 'postgres', url: databaseUrl, autoLoadEntities: true, synchronize: false, extra: { max: 10 } }),
-        ...(withModule ? [IdempotencyModule.forRoot({ maxResponseBytes, encryption: encrypted ? { keys: [BENCH_RECORD_KEY] } : undefined })] : []),
+        ...(withModule
+          ? [
+              IdempotencyModule.forRoot({
+                maxResponseBytes,
+                encryption: encrypted ? { keys: [BENCH_RECORD_KEY] } : undefined,
+                preparedStatements: !pooled,
+              }),
+            ]
+          : []),
       ],
       // Express tries routes one by one in the order they were registered, each miss costing a
       // path match: the module's POST /payments comes right after the baseline's first route, in
@@ -303,7 +311,8 @@ async function main(): Promise<void> {
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('DATABASE_URL is not set');
   const maxResponseBytes = Number(process.env.BENCH_MAX_RESPONSE_BYTES ?? 1024 * 1024);
-  const module = BenchAppModule.register(databaseUrl, withModule, maxResponseBytes, process.env.BENCH_ENCRYPTION === '1');
+  const encrypted = process.env.BENCH_ENCRYPTION === '1';
+  const module = BenchAppModule.register(databaseUrl, withModule, maxResponseBytes, encrypted, process.env.BENCH_POOLED === '1');
   const logger = ['error', 'warn'] as ('error' | 'warn')[];
   const app =
     platform === 'fastify'
