@@ -33,7 +33,7 @@ export interface IdempotencyErrorDetails {
   retryable: boolean;
 }
 
-/** The Patomic error envelope (SPEC W11), the default rendering of every module error. */
+/** The Patomic error envelope, the default rendering of every module error (every field always present). */
 export interface IdempotencyErrorBody {
   error: {
     type: 'idempotency_error';

@@ -247,7 +247,7 @@ export class IdempotencyInterceptor implements NestInterceptor {
     throw this.errors.exception(IdempotencyErrorCode.RecordUnreadable, exchange);
   }
 
-  /** The store could not be used: fail closed (SPEC W13). */
+  /** The store could not be used: fail closed, with a 503 the client may retry; the handler does not run. */
   private storeFailed(error: unknown, trace: RequestTrace, exchange: HttpExchange): never {
     const subject = trace.keyHash ? `key ${trace.keyHash}` : 'a keyless transactional request';
     this.logger.error(`Idempotency store unavailable for ${subject}: ${errorMessage(error)}`);

@@ -68,7 +68,7 @@ export function describeDocumentedError(error: DocumentedError): string {
 }
 
 /**
- * The schema of the module's default error envelope (`formatErrorEnvelope`, SPEC W11), with `code`
+ * The schema of the module's default error envelope (`formatErrorEnvelope`), with `code`
  * narrowed to `codes`. A host that swaps the renderer with `formatError` answers something else.
  */
 export function errorEnvelopeSchema(codes: readonly string[]): OpenApiSchema {
